@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from engine.audio.features import AudioFeatureConfig
 from engine.errors import ConfigError
 from engine.models.attention import KVCacheConfig, attention
 
@@ -328,25 +329,20 @@ class DiTConfig:
         return replace(self, **kw)
 
 
-def _audio_in_dim() -> int:
-    from engine.audio.features import AudioFeatureConfig
+# Every preset reads the default log-mel windows: window_mel_frames × n_mels values per latent frame.
+_AUDIO = AudioFeatureConfig()
+_AUDIO_IN = _AUDIO.window_mel_frames * _AUDIO.n_mels
 
-    a = AudioFeatureConfig()
-    return a.window_mel_frames * a.n_mels
-
-
-PRESETS: dict[str, Callable[[], DiTConfig]] = {
+PRESETS: dict[str, DiTConfig] = {
     # ~8M parameters: streams in real time on 2 CPU cores at 256×256 (16×16 latents, 64 tokens a frame).
-    "demo": lambda: DiTConfig("demo", dim=256, ffn_dim=768, num_heads=4, num_layers=6, text_dim=64,
-                              audio_dim=128, audio_tokens=4, audio_hidden=256, audio_in_dim=_audio_in_dim()),
-    "wan-1.3b": lambda: DiTConfig("wan-1.3b", dim=1536, ffn_dim=8960, num_heads=12, num_layers=30,
-                                  audio_in_dim=_audio_in_dim()),
-    "wan-14b": lambda: DiTConfig("wan-14b", dim=5120, ffn_dim=13824, num_heads=40, num_layers=40,
-                                 audio_in_dim=_audio_in_dim()),
+    "demo": DiTConfig("demo", dim=256, ffn_dim=768, num_heads=4, num_layers=6, text_dim=64, audio_dim=128,
+                      audio_tokens=4, audio_hidden=256, audio_in_dim=_AUDIO_IN),
+    "wan-1.3b": DiTConfig("wan-1.3b", dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, audio_in_dim=_AUDIO_IN),
+    "wan-14b": DiTConfig("wan-14b", dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, audio_in_dim=_AUDIO_IN),
 }
 
 
 def dit_config(name: str) -> DiTConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown DiT preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]()
+    return PRESETS[name]

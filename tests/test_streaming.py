@@ -1,0 +1,104 @@
+"""StreamingGenerator: timestamps, the audio timeline, silence, interrupt, determinism, constant memory."""
+import numpy as np
+import pytest
+import torch
+
+from engine.audio.features import AudioFeatureConfig
+from engine.errors import AudioError, ConfigError
+from engine.generate.streaming import StreamConfig, StreamingGenerator, sigma_list
+from engine.models.dit import DiT, DiTConfig
+
+AUDIO = AudioFeatureConfig()
+TINY = DiTConfig("tiny", dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=4, out_dim=4, text_dim=0,
+                 audio_dim=16, audio_tokens=2, audio_hidden=16,
+                 audio_in_dim=AUDIO.window_mel_frames * AUDIO.n_mels)
+SR = AUDIO.sample_rate
+
+
+def make(steps=2, chunk=1, seed=0):
+    torch.manual_seed(0)
+    model = DiT(TINY)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.abs().sum():
+                p.normal_(0, 0.1)
+    gen = StreamingGenerator(model, StreamConfig(chunk_frames=chunk, window_frames=3, steps=steps))
+    gen.reset(torch.randn(1, 4, 1, 4, 4, generator=torch.Generator().manual_seed(5)), seed=seed)
+    return gen
+
+
+def speech(seconds, rate=SR):
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+
+
+def test_sigma_list_is_the_warped_few_step_list():
+    assert sigma_list(4, 5.0) == pytest.approx([1.0, 0.9375, 0.8333333, 0.625], abs=1e-5)
+    assert sigma_list(1, 5.0) == [1.0]
+
+
+def test_timestamps_and_audio_follow_one_timeline():
+    gen = make(chunk=2)
+    audio = speech(2.0)
+    gen.push_audio(audio, SR)
+    chunks = list(gen.flush())
+    assert chunks[0].first_frame == 0 and chunks[0].num_frames == 5  # latent 0 -> 1 frame, latent 1 -> 4
+    for a, b in zip(chunks, chunks[1:]):
+        assert b.first_frame == a.first_frame + a.num_frames and b.num_frames == 8
+    for c in chunks:
+        assert len(c.audio) == c.num_frames * SR // AUDIO.fps
+        assert c.latents.shape == (1, 4, 2, 4, 4)
+    played = np.concatenate([c.audio for c in chunks])
+    assert np.allclose(played[: len(audio)], audio, atol=1e-4)  # same samples, same order
+    assert not played[len(audio):].any()  # silence pads the tail
+    assert all(c.voiced for c in chunks[:-1])
+
+
+def test_missing_audio_waits_unless_silence_is_allowed():
+    gen = make()
+    assert gen.step() is None
+    idle = gen.step(allow_silence=True)
+    assert idle is not None and not idle.voiced and not idle.audio.any()
+
+
+def test_interrupt_drops_buffered_audio_within_one_chunk():
+    gen = make()
+    gen.push_audio(speech(5.0), SR)
+    assert gen.step().voiced
+    gen.interrupt()
+    assert gen.step() is None  # nothing buffered any more
+    after = gen.step(allow_silence=True)
+    assert not after.voiced and not after.audio.any()
+
+
+def test_same_seed_same_latents_other_seed_differs():
+    outs = []
+    for seed in (0, 0, 1):
+        gen = make(seed=seed)
+        gen.push_audio(speech(1.0), SR)
+        outs.append(torch.cat([c.latents for c in gen.flush()], 2))
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.allclose(outs[0], outs[2])
+
+
+def test_rates_and_formats_and_bad_input():
+    gen = make()
+    gen.push_audio((speech(0.5, 48000) * 32767).astype(np.int16), 48000)
+    gen.push_audio(speech(0.5, 24000), 24000)
+    assert gen.pushed == pytest.approx(SR, abs=64)
+    with pytest.raises(AudioError):
+        gen.push_audio(np.zeros((2, 100), np.float32), SR)
+    with pytest.raises(ConfigError):
+        gen.reset(torch.zeros(1, 3, 1, 4, 4))
+
+
+def test_memory_is_constant_over_a_long_stream():
+    gen = make(steps=1)
+    sizes = set()
+    for i in range(200):
+        gen.push_audio(speech(0.16), SR)  # real time: one latent frame of audio per chunk
+        chunk = gen.step(allow_silence=True)
+        assert chunk is not None
+        sizes.add(gen.cache.nbytes())
+        assert len(gen.timeline) <= 2 * 2560 + SR // 10
+    assert len(sizes) == 1
