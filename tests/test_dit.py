@@ -170,3 +170,14 @@ def test_future_frames_do_not_change_the_past():
         b = model(torch.cat([sink, x1], 2), t, layout, audio=audio, text_kv=text, sink_frames=1)
     assert torch.allclose(a[:, :, :3], b[:, :, :3], atol=1e-12)
     assert not torch.allclose(a[:, :, 3:], b[:, :, 3:], atol=1e-3)
+
+
+def test_bf16_weights_run_with_a_float32_residual_stream():
+    model = DiT(TINY).to(torch.bfloat16).eval()
+    x = torch.randn(1, 4, 3, 4, 4)
+    audio = model.encode_audio(torch.randn(1, 2, 3, 4))
+    text = model.encode_text(torch.randn(1, 5, 8))
+    with torch.no_grad():
+        v = model(x, torch.full((1, 3), 500.0), SequenceLayout(1, 2, (2, 2), 16), audio=audio, text_kv=text,
+                  sink_frames=1)
+    assert v.dtype == torch.float32 and torch.isfinite(v).all()

@@ -1,0 +1,105 @@
+"""The `talkstream` command. Each subcommand lives in its own small function; `talkstream -h` lists them."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """List the model presets with their parameter counts (built on the meta device: nothing is allocated)."""
+    import torch
+
+    from engine.models.dit import PRESETS, DiT
+
+    print("DiT presets (audio branch included):")
+    for name, cfg in PRESETS.items():
+        with torch.device("meta"):
+            model = DiT(cfg)
+        total = sum(p.numel() for p in model.parameters())
+        audio = sum(p.numel() for m in model.audio_branch() for p in m.parameters())
+        print(f"  {name:<9} {total / 1e6:>10.1f}M params ({audio / 1e6:.1f}M audio)  dim {cfg.dim}, "
+              f"{cfg.num_layers} layers, {cfg.num_heads} heads")
+    return 0
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    """Stream audio through the StreamingGenerator chunk by chunk, as a live session would, and report speed."""
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from engine.audio.io import load_audio
+    from engine.checkpoints import load_dit, save_state
+    from engine.generate.streaming import StreamConfig, StreamingGenerator
+    from engine.models.dit import DiT, dit_config
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    assets = Path(__file__).resolve().parent.parent / "engine" / "assets"
+    audio = load_audio(args.audio or assets / "example.wav")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else assets / "demo-dit.safetensors"
+    if checkpoint.exists():
+        model = load_dit(checkpoint)
+        print(f"model: {checkpoint}")
+    else:
+        torch.manual_seed(args.seed)
+        model = DiT(dit_config(args.preset))
+        print(f"model: no trained checkpoint at {checkpoint}; preset {args.preset!r} with random weights "
+              "(the output measures speed, not quality)")
+    latent = args.resolution // 16 if model.cfg.name == "demo" else args.resolution // 8
+    reference = torch.randn(1, model.cfg.in_dim, 1, latent, latent, generator=torch.Generator().manual_seed(args.seed))
+    gen = StreamingGenerator(model, StreamConfig(chunk_frames=args.chunk, window_frames=args.window, steps=args.steps))
+    gen.reset(reference, seed=args.seed)
+    gen.push_audio(audio, 16000)
+    latents, times = [], []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for chunk in gen.flush():
+            times.append(time.perf_counter() - t0)
+            latents.append(chunk.latents)
+            frames = chunk.first_frame + chunk.num_frames
+    compute = times[-1]
+    seconds = frames / 25
+    print(f"audio {len(audio) / 16000:.2f} s -> {len(latents)} chunks, {frames} video frames ({seconds:.2f} s at 25 fps)")
+    print(f"compute {compute:.2f} s: {frames / compute:.1f} fps, real-time factor {seconds / compute:.2f}x, "
+          f"first chunk {times[0] * 1000:.0f} ms; decode not included (no VAE yet)")
+    if args.out:
+        save_state(args.out, {"latents": torch.cat(latents, 2)}, kind="latents", fps="25")
+        print(f"latents written to {args.out}")
+    return 0
+
+
+def _stream_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--audio", help="audio file (any format PyAV reads); default: the shipped example")
+    p.add_argument("--checkpoint", help="DiT safetensors; default: the shipped demo model")
+    p.add_argument("--preset", default="demo", help="preset when no checkpoint is found")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--chunk", type=int, default=1, help="latent frames per chunk")
+    p.add_argument("--window", type=int, default=8, help="latent frames in the KV window")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", help="write the latents to this .safetensors file")
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {
+    "info": (cmd_info, lambda p: None),
+    "stream": (cmd_stream, _stream_args),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="talkstream", description="Streaming talking-portrait engine.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (fn, configure) in COMMANDS.items():
+        p = sub.add_parser(name, help=(fn.__doc__ or "").split("\n")[0])
+        configure(p)
+        p.set_defaults(func=fn)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
