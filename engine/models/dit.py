@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from engine.audio.features import AudioFeatureConfig
 from engine.errors import ConfigError
@@ -59,7 +60,10 @@ class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 whatever the input dtype (Wan's WanLayerNorm)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(_at_least_float32(x)).type_as(x)
+        xf = _at_least_float32(x)
+        w = self.weight.to(xf.dtype) if self.weight is not None else None
+        b = self.bias.to(xf.dtype) if self.bias is not None else None
+        return F.layer_norm(xf, self.normalized_shape, w, b, self.eps).type_as(x)
 
 
 # ----------------------------------------------------------------------------- attention layers
