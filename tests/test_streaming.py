@@ -102,3 +102,17 @@ def test_memory_is_constant_over_a_long_stream():
         sizes.add(gen.cache.nbytes())
         assert len(gen.timeline) <= 2 * 2560 + SR // 10
     assert len(sizes) == 1
+
+
+def test_frames_come_out_with_a_decoder_and_match_the_pts():
+    from engine.generate.decoders import TinyDecoder
+    from engine.models.tiny_vae import TinyVAE, TinyVAEConfig
+
+    tiny = TinyVAE(TinyVAEConfig("s", decoder_widths=(8, 8, 8), decoder_blocks=(1, 1), decoder_time_up=(2, 2),
+                                 encoder_time_pool=(2, 2), encoder_width=8, encoder_blocks=1, z_dim=4))
+    gen = make(chunk=2)
+    gen.decoder = TinyDecoder(tiny)
+    gen.reset(torch.randn(1, 4, 1, 4, 4))
+    gen.push_audio(speech(1.0), SR)
+    for chunk in gen.flush():
+        assert chunk.frames.shape == (chunk.num_frames, 16, 16, 3) and chunk.frames.dtype == torch.uint8

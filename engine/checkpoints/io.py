@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -96,3 +97,26 @@ def save_state(path: str | os.PathLike[str], state: dict[str, torch.Tensor], con
     tmp = p.with_name(p.name + ".tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata=meta)
     os.replace(tmp, p)
+
+
+def check_tensors(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], what: str,
+                  optional: re.Pattern[str] | None = None,
+                  hints: list[tuple[re.Pattern[str], str]] = []) -> list[str]:
+    """Raise CheckpointError naming every tensor that cannot be accounted for: missing (unless `optional`
+    matches it and no optional tensor is present at all), unexpected, or misshapen. Returns the optional
+    names the checkpoint leaves out."""
+    optional_present = optional is not None and any(optional.match(k) for k in state)
+    missing = [k for k in own if k not in state and (optional is None or optional_present or not optional.match(k))]
+    extra = [k for k in state if k not in own]
+    misshapen = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                 for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or extra or misshapen:
+        lines = [f"checkpoint does not fit {what}:"]
+        for title, items in (("missing", missing), ("unexpected", extra), ("wrong shape", misshapen)):
+            if items:
+                lines.append(f"  {len(items)} {title}: " + ", ".join(items[:8]) + (" ..." if len(items) > 8 else ""))
+        for pattern, hint in hints:
+            if any(pattern.search(k) for k in extra):
+                lines.append(f"  hint: {hint}")
+        raise CheckpointError("\n".join(lines))
+    return [k for k in own if k not in state]

@@ -11,8 +11,7 @@ import re
 
 import torch
 
-from engine.checkpoints.io import config_from_metadata, read_metadata, read_state, save_state
-from engine.errors import CheckpointError
+from engine.checkpoints.io import check_tensors, config_from_metadata, read_metadata, read_state, save_state
 from engine.models.dit import DiT, DiTConfig
 
 # Parts of this project's DiT that public Wan checkpoints do not have (they start at their init).
@@ -60,24 +59,8 @@ def normalise_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def check_state(model: DiT, state: dict[str, torch.Tensor]) -> list[str]:
-    """Raise CheckpointError naming every tensor that cannot be accounted for; return the optional
-    tensors left at their init. The audio branch is all there or all absent."""
-    own = model.state_dict()
-    optional_present = any(OPTIONAL.match(k) for k in state)
-    missing = [k for k in own if k not in state and (optional_present or not OPTIONAL.match(k))]
-    extra = [k for k in state if k not in own]
-    misshapen = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                 for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or extra or misshapen:
-        lines = [f"checkpoint does not fit DiT preset {model.cfg.name!r}:"]
-        for title, items in (("missing", missing), ("unexpected", extra), ("wrong shape", misshapen)):
-            if items:
-                lines.append(f"  {len(items)} {title}: " + ", ".join(items[:8]) + (" ..." if len(items) > 8 else ""))
-        for pattern, hint in HINTS:
-            if any(pattern.search(k) for k in extra):
-                lines.append(f"  hint: {hint}")
-        raise CheckpointError("\n".join(lines))
-    return [k for k in own if k not in state]
+    """Refuse what cannot be accounted for; the audio branch may be absent as a whole (it then starts at zero)."""
+    return check_tensors(model.state_dict(), state, f"DiT preset {model.cfg.name!r}", OPTIONAL, HINTS)
 
 
 def load_dit(path: str | os.PathLike[str], config: DiTConfig | None = None, device: str | torch.device = "cpu",
