@@ -1,0 +1,1 @@
+"""Training recipes: one flat module each (config → build → loop → save)."""
