@@ -84,9 +84,31 @@ def _stream_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="write the latents to this .safetensors file")
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    """SynthTalk: `talkstream data synth --out DIR --clips N --seconds S --size R` writes dataset shards."""
+    from engine.data.synth import synthesize_dataset
+
+    written = synthesize_dataset(args.out, args.clips, args.seconds, args.size, seed=args.seed,
+                                 eval_fraction=args.eval_fraction, clips_per_shard=args.clips_per_shard)
+    print(f"{written} clips written to {args.out} ({args.clips - written} already there)")
+    return 0
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["synth"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--clips", type=int, default=100)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-fraction", type=float, default=0.1)
+    p.add_argument("--clips-per-shard", type=int, default=100)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {
     "info": (cmd_info, lambda p: None),
     "stream": (cmd_stream, _stream_args),
+    "data": (cmd_data, _data_args),
 }
 
 

@@ -1,0 +1,160 @@
+"""SynthTalk clips and shards: speech (espeak-ng) → mouth curves → a rendered portrait speaking it, with ground
+truth, written as shards a training loader can stream.
+
+Shard layout (one folder per shard of `clips_per_shard` clips):
+    shard-00000/clip-000000.mp4   h264 video (yuv420p, CRF 18) + the 16 kHz audio as AAC would lose timing
+                                  precision at the ends, so the audio is stored losslessly beside it:
+    shard-00000/clip-000000.wav   16 kHz mono s16
+    shard-00000/clip-000000.npz   ground truth per frame (see `GROUND_TRUTH`) and the identity vector
+    shard-00000/index.jsonl       one line per clip: id, split, voice, text, caption, identity id, frames
+Why: mp4 keeps the set small and decodes fast through PyAV; exact ground truth and masks go in compressed
+npz (masks compress ~50×); a folder per shard lets loaders stream shard by shard and writers resume.
+
+Splits: "train", and "eval" whose clips use held-out voices, held-out sentences and held-out identities.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.audio.io import StreamResampler
+from engine.data.espeak import Espeak, Phoneme, VoiceConfig, held_out_voice, voice_configs
+from engine.data.motion import EXPRESSIONS, FaceState, caption, face_state, sample_motion
+from engine.data.portrait import GLASSES, HAIR_STYLES, Identity, RenderOutput, render
+from engine.data.sentences import sentences
+from engine.data.visemes import mouth_track
+
+FPS = 25
+SAMPLE_RATE = 16000
+GROUND_TRUTH = ("mouth_open", "mouth_width", "mouth_round", "viseme", "speaking", "yaw", "pitch", "roll", "tx", "ty",
+                "blink", "expression", "mouth_open_drawn", "face_mask", "mouth_mask")
+
+
+def held_out_identity(identity_id: int, fraction: float = 0.1) -> bool:
+    return int(hashlib.sha1(str(identity_id).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+
+
+@dataclass
+class Clip:
+    audio: np.ndarray  # float32 16 kHz
+    state: FaceState
+    render: RenderOutput
+    viseme: np.ndarray
+    speaking: np.ndarray
+    identity: Identity
+    identity_id: int
+    voice: VoiceConfig
+    text: str
+    caption: str
+
+
+def describe(identity: Identity) -> str:
+    hair = HAIR_STYLES[identity.hair_style]
+    parts = ["with no hair" if hair == "bald" else f"with {hair} hair"]
+    if GLASSES[identity.glasses] != "none":
+        parts.append(f"and {GLASSES[identity.glasses]} glasses")
+    return " ".join(parts)
+
+
+def speak(engine: Espeak, rng: np.random.Generator, seconds: float, split: str) -> tuple[np.ndarray, list[Phoneme], VoiceConfig, str]:
+    """Sentences of one voice with pauses between them, filling about `seconds`; 16 kHz audio and phonemes."""
+    voices = [v for v in voice_configs() if held_out_voice(v) == (split == "eval")]
+    voice = voices[int(rng.integers(len(voices)))]
+    resample = StreamResampler(engine.sample_rate, SAMPLE_RATE)
+    t = rng.uniform(0.2, 0.8)  # leading silence
+    audio = [np.zeros(int(t * SAMPLE_RATE), np.float32)]
+    phonemes: list[Phoneme] = [Phoneme("_", 0.0)]
+    texts = []
+    while t < seconds - 1.0:
+        text = sentences(rng, 1, split)[0]
+        u = engine.synthesize(text, voice)
+        samples = np.concatenate([resample.push(u.audio), resample.flush()])
+        phonemes += [Phoneme(p.name, t + p.start_s) for p in u.phonemes]
+        audio.append(samples)
+        t += len(samples) / SAMPLE_RATE
+        pause = rng.uniform(0.25, 1.2)
+        phonemes.append(Phoneme("_", t))
+        audio.append(np.zeros(int(pause * SAMPLE_RATE), np.float32))
+        t += pause
+        texts.append(text)
+    out = np.concatenate(audio)[: int(seconds * SAMPLE_RATE)]
+    out = np.pad(out, (0, int(seconds * SAMPLE_RATE) - len(out)))
+    return out, phonemes, voice, " ".join(texts)
+
+
+def make_clip(engine: Espeak, rng: np.random.Generator, seconds: float, size: int, split: str,
+              identity_id: int | None = None) -> Clip:
+    if identity_id is None:
+        while True:
+            identity_id = int(rng.integers(2**31))
+            if held_out_identity(identity_id) == (split == "eval"):
+                break
+    identity = Identity.sample(np.random.default_rng(identity_id))
+    audio, phonemes, voice, text = speak(engine, rng, seconds, split)
+    track = mouth_track(phonemes, seconds, FPS)
+    expression = int(rng.integers(len(EXPRESSIONS)))
+    state = face_state(track.open, track.width, track.round,
+                       sample_motion(rng, len(track), FPS, track.speaking, expression))
+    return Clip(audio, state, render(identity, state, size), track.viseme, track.speaking, identity, identity_id,
+                voice, text, caption(expression, describe(identity)))
+
+
+# ----------------------------------------------------------------------------- writing
+
+def write_clip(clip: Clip, stem: Path) -> None:
+    import av
+
+    frames = clip.render.frames
+    with av.open(str(stem.with_suffix(".mp4")), "w") as out:
+        stream = out.add_stream("libx264", rate=FPS, options={"crf": "18", "preset": "veryfast"})
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for img in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    with av.open(str(stem.with_suffix(".wav")), "w") as out:
+        stream = out.add_stream("pcm_s16le", rate=SAMPLE_RATE, layout="mono")
+        pcm = (np.clip(clip.audio, -1, 1) * 32767).astype(np.int16)[None]
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    s = clip.state
+    np.savez_compressed(stem.with_suffix(".npz"), mouth_open=s.mouth_open, mouth_width=s.mouth_width,
+                        mouth_round=s.mouth_round, viseme=clip.viseme, speaking=clip.speaking, yaw=s.yaw,
+                        pitch=s.pitch, roll=s.roll, tx=s.tx, ty=s.ty, blink=s.blink, expression=s.expression,
+                        mouth_open_drawn=clip.render.mouth_open, face_mask=clip.render.face_mask,
+                        mouth_mask=clip.render.mouth_mask, identity=clip.identity.vector())
+
+
+def synthesize_dataset(out: str | Path, clips: int, seconds: float, size: int, seed: int = 0,
+                       eval_fraction: float = 0.1, clips_per_shard: int = 100) -> int:
+    """Write `clips` clips (a share `eval_fraction` of them in the eval split) into shards under `out`.
+    Resumable: clips already listed in a shard's index are kept. Returns the number of clips written now."""
+    out = Path(out)
+    engine = Espeak()
+    written = 0
+    for i in range(clips):
+        shard = out / f"shard-{i // clips_per_shard:05d}"
+        shard.mkdir(parents=True, exist_ok=True)
+        index = shard / "index.jsonl"
+        stem = shard / f"clip-{i:06d}"
+        if stem.with_suffix(".npz").exists() and index.exists() and f'"id": {i},' in index.read_text():
+            continue
+        rng = np.random.default_rng([seed, i])
+        split = "eval" if rng.random() < eval_fraction else "train"
+        clip = make_clip(engine, rng, seconds, size, split)
+        write_clip(clip, stem)
+        with index.open("a") as f:
+            f.write(json.dumps({"id": i, "split": split, "voice": clip.voice.key, "text": clip.text,
+                                "caption": clip.caption, "identity_id": clip.identity_id,
+                                "frames": len(clip.state), "size": size, "fps": FPS}) + "\n")
+        written += 1
+    return written
