@@ -46,6 +46,8 @@ class TrainVAEConfig:
     save_every: int = 200
     log_every: int = 20
     eval_clips: int = 16
+    cache_videos: int = 1024  # decoded clips kept in memory (a 4 s 256x256 clip is ~20 MB)
+    time_budget_s: float = 0.0  # stop training after this long (0: run all steps); the run stays resumable
     seed: int = 0
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     bf16: bool = torch.cuda.is_available()
@@ -113,6 +115,12 @@ def load_optimizer(path: Path, opt: torch.optim.Optimizer) -> None:
     opt.load_state_dict(full)
 
 
+def save_checkpoint(out: Path, model, opt: torch.optim.Optimizer, step: int, cfg: TrainVAEConfig) -> None:
+    save_state(out / "last.safetensors", model.state_dict())
+    save_optimizer(out / "optim.safetensors", opt)
+    (out / "state.json").write_text(json.dumps({"step": step, "config": asdict(cfg)}))
+
+
 # ----------------------------------------------------------------------------- the recipe
 
 @torch.no_grad()
@@ -142,8 +150,8 @@ def train(cfg: TrainVAEConfig) -> dict[str, float]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    train_clips = VideoClips(cfg.data, cfg.frames, cfg.resolution, "train")
-    eval_clips = VideoClips(cfg.data, cfg.frames, cfg.resolution, "eval")
+    train_clips = VideoClips(cfg.data, cfg.frames, cfg.resolution, "train", cache_videos=cfg.cache_videos)
+    eval_clips = VideoClips(cfg.data, cfg.frames, cfg.resolution, "eval", cache_videos=cfg.cache_videos)
     teacher = load_vae(cfg.teacher).to(cfg.device) if cfg.model == "tiny" else None
     if teacher is not None:
         teacher.requires_grad_(False)
@@ -161,7 +169,7 @@ def train(cfg: TrainVAEConfig) -> dict[str, float]:
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed + step)
     log = (out / "log.jsonl").open("a")
     t0 = time.perf_counter()
-    while step < cfg.steps:
+    while step < cfg.steps and not (cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s):
         x = train_clips.sample(cfg.batch, rng).to(cfg.device)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cfg.bf16):
             if teacher is None:
@@ -184,9 +192,8 @@ def train(cfg: TrainVAEConfig) -> dict[str, float]:
             log.write(json.dumps({"step": step, "loss": loss.item(), "s": round(time.perf_counter() - t0, 1)}) + "\n")
             log.flush()
         if step % cfg.save_every == 0 or step == cfg.steps:
-            save_state(out / "last.safetensors", model.state_dict())
-            save_optimizer(out / "optim.safetensors", opt)
-            (out / "state.json").write_text(json.dumps({"step": step, "config": asdict(cfg)}))
+            save_checkpoint(out, model, opt, step, cfg)
+    save_checkpoint(out, model, opt, step, cfg)
     rng_eval = np.random.default_rng(12345)
     if teacher is None:  # measure the latent statistics the DiT will be normalised with
         mean, std = latent_statistics(model, train_clips, max(4, cfg.eval_clips), rng_eval, cfg.device)
