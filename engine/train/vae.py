@@ -25,7 +25,7 @@ from engine.checkpoints.io import read_state, save_state
 from engine.checkpoints.vae import load_vae, save_vae
 from engine.data.video_clips import VideoClips
 from engine.errors import ConfigError
-from engine.models.tiny_vae import TinyVAE, tiny_vae_config
+from engine.models.tiny_vae import MemoryState, TinyVAE, tiny_vae_config
 from engine.models.vae import CausalVAE, vae_config
 
 
@@ -36,11 +36,13 @@ class TrainVAEConfig:
     model: str = "vae"  # "vae" or "tiny"
     preset: str = "demo"
     teacher: str = ""  # trained VAE checkpoint, for model="tiny"
+    init: str = ""  # start from these weights (a previous run's final checkpoint) instead of from scratch
     resolution: int = 256
     frames: int = 9
     batch: int = 4
     steps: int = 2000
-    lr: float = 3e-4
+    lr: float = 2e-4
+    warmup: int = 100  # steps of linear learning-rate warm-up
     ssim_weight: float = 0.5
     kl_weight: float = 1e-6
     save_every: int = 200
@@ -160,6 +162,8 @@ def train(cfg: TrainVAEConfig) -> dict[str, float]:
     params = model.decoder.parameters() if cfg.model == "tiny" else model.parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     step = 0
+    if cfg.init:
+        model.load_state_dict(read_state(cfg.init))
     if (out / "state.json").exists():  # resume
         state = json.loads((out / "state.json").read_text())
         model.load_state_dict(read_state(out / "last.safetensors"))
@@ -174,15 +178,20 @@ def train(cfg: TrainVAEConfig) -> dict[str, float]:
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cfg.bf16):
             if teacher is None:
                 y, mu, log_var = model(x, generator)
-                kl = 0.5 * (mu.float() ** 2 + log_var.float().exp() - 1 - log_var.float()).mean()
-                loss = reconstruction_loss(y.float(), x, cfg.ssim_weight) + cfg.kl_weight * kl
             else:
                 with torch.no_grad():
                     z = teacher.encode(x)
                     target = teacher.decode(z)
-                y = model.decode(z).float()
-                loss = reconstruction_loss(y, target.float(), cfg.ssim_weight) \
-                    + 0.5 * reconstruction_loss(y, x, cfg.ssim_weight)
+                y = model.decode_chunk(z, MemoryState(), clamp=False)
+        # losses in float32, outside autocast: SSIM's variances cancel catastrophically in bf16
+        if teacher is None:
+            kl = 0.5 * (mu.float() ** 2 + log_var.float().exp() - 1 - log_var.float()).mean()
+            loss = reconstruction_loss(y.float(), x, cfg.ssim_weight) + cfg.kl_weight * kl
+        else:
+            loss = reconstruction_loss(y.float(), target.float(), cfg.ssim_weight) \
+                + 0.5 * reconstruction_loss(y.float(), x, cfg.ssim_weight)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
