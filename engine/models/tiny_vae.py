@@ -130,14 +130,15 @@ class TinyVAE(nn.Module):
     def frames_to_trim(self) -> int:
         return self.cfg.temporal_stride - 1
 
-    def decode_chunk(self, z: torch.Tensor, state: MemoryState) -> torch.Tensor:
+    def decode_chunk(self, z: torch.Tensor, state: MemoryState, clamp: bool = True) -> torch.Tensor:
         """Latents [B, z, F, h, w] of a stream, in order -> video [B, 3, T, H, W] in [-1, 1]. The stream's
-        first latent frame gives 1 frame, every other 4."""
+        first latent frame gives 1 frame, every other 4. Training passes clamp=False (gradients)."""
         first = not state.slots
         x = _run(self.decoder, z.transpose(1, 2), state.start())  # [B, T, 3, H, W] in ~[0, 1]
         if first:
             x = x[:, self.frames_to_trim:]
-        return (x * 2 - 1).clamp(-1, 1).transpose(1, 2)
+        x = x * 2 - 1
+        return (x.clamp(-1, 1) if clamp else x).transpose(1, 2)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decode_chunk(z, MemoryState())

@@ -269,13 +269,15 @@ class CausalVAE(nn.Module):
                 mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return (mu - self.mean) / self.std
 
-    def decode_chunk(self, z: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
+    def decode_chunk(self, z: torch.Tensor, cache: FeatureCache, clamp: bool = True) -> torch.Tensor:
         """Normalised latents [B, z, F, h, w], the next latent frames of a stream -> video [B, 3, T, H, W]
-        in [-1, 1]: 1 frame for the stream's first latent frame, 4 for every other."""
+        in [-1, 1]: 1 frame for the stream's first latent frame, 4 for every other. Training passes
+        clamp=False: a clamp would stop the gradient of every saturated pixel."""
         if not cache.slots and z.shape[2] > 1:
-            return torch.cat([self.decode_chunk(z[:, :, :1], cache), self.decode_chunk(z[:, :, 1:], cache)], 2)
-        x = self.conv2(z * self.std + self.mean)
-        return self.decoder(x, cache.start()).clamp(-1, 1)
+            return torch.cat([self.decode_chunk(z[:, :, :1], cache, clamp), self.decode_chunk(z[:, :, 1:], cache, clamp)],
+                             2)
+        x = self.decoder(self.conv2(z * self.std + self.mean), cache.start())
+        return x.clamp(-1, 1) if clamp else x
 
     # -- whole clips: one call each, so a stream of small chunks must give the same result
 
@@ -295,7 +297,7 @@ class CausalVAE(nn.Module):
         mu, log_var = h.chunk(2, dim=1)
         z = mu + torch.exp(0.5 * log_var.clamp(-30, 20)) * torch.randn(mu.shape, generator=generator,
                                                                        device=mu.device, dtype=mu.dtype)
-        return self.decode((z - self.mean) / self.std), mu, log_var
+        return self.decode_chunk((z - self.mean) / self.std, FeatureCache(), clamp=False), mu, log_var
 
 
 # ----------------------------------------------------------------------------- configs and presets
