@@ -64,7 +64,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     seconds = frames / 25
     print(f"audio {len(audio) / 16000:.2f} s -> {len(latents)} chunks, {frames} video frames ({seconds:.2f} s at 25 fps)")
     print(f"compute {compute:.2f} s: {frames / compute:.1f} fps, real-time factor {seconds / compute:.2f}x, "
-          f"first chunk {times[0] * 1000:.0f} ms; decode not included (no VAE yet)")
+          f"first chunk {times[0] * 1000:.0f} ms; decode not included (no trained demo VAE is shipped yet)")
     if args.out:
         save_state(args.out, {"latents": torch.cat(latents, 2)}, kind="latents", fps="25")
         print(f"latents written to {args.out}")

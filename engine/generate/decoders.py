@@ -13,29 +13,26 @@ def to_uint8(video: torch.Tensor) -> torch.Tensor:
     return ((video[0].permute(1, 2, 3, 0).float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
 
 
-class VAEDecoder:
-    def __init__(self, vae: CausalVAE):
-        self.vae = vae.eval()
-        self.cache = FeatureCache()
+class StreamDecoder:
+    """A causal VAE (FeatureCache) or a tiny decoder (MemoryState) decoding one stream: both models offer
+    `decode_chunk(latents, state)`; `reset()` starts a new stream."""
+
+    def __init__(self, model: CausalVAE | TinyVAE, new_state: type[FeatureCache] | type[MemoryState]):
+        self.model, self.new_state = model.eval(), new_state
+        self.state = new_state()
 
     def reset(self) -> None:
-        self.cache = FeatureCache()
+        self.state = self.new_state()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        p = next(self.vae.parameters())
-        return to_uint8(self.vae.decode_chunk(latents.to(p.device, p.dtype), self.cache))
+        p = next(self.model.parameters())
+        return to_uint8(self.model.decode_chunk(latents.to(p.device, p.dtype), self.state))  # type: ignore[arg-type]
 
 
-class TinyDecoder:
-    def __init__(self, tiny: TinyVAE):
-        self.tiny = tiny.eval()
-        self.state = MemoryState()
+def VAEDecoder(vae: CausalVAE) -> StreamDecoder:  # noqa: N802  (reads as a class at call sites)
+    return StreamDecoder(vae, FeatureCache)
 
-    def reset(self) -> None:
-        self.state = MemoryState()
 
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        p = next(self.tiny.parameters())
-        return to_uint8(self.tiny.decode_chunk(latents.to(p.device, p.dtype), self.state))
+def TinyDecoder(tiny: TinyVAE) -> StreamDecoder:  # noqa: N802
+    return StreamDecoder(tiny, MemoryState)
