@@ -177,7 +177,7 @@ def _body(ident: Identity, size: int, skin) -> torch.Tensor:
     layer = over(layer, cloth[:, None, None] * shade, shoulders)
     if collar == "shirt":  # a light collar band around the neck
         band = cover((ellipse(x, y, 0, 0.8, 0.26, 0.1)).abs() - 0.025, size) * (y > 0.74).float()
-        layer = over(layer, (0.95, 0.95, 0.93), band * shoulders.clamp(min=0) + band * (x.abs() < 0.26).float() * 0)
+        layer = over(layer, (0.95, 0.95, 0.93), band * shoulders)
     return layer
 
 
