@@ -50,8 +50,29 @@ def utterance_strip(path: Path, text: str = "Hello, my name is Sam, and I love b
     write_png(path, np.concatenate([frames[i] for i in picks], 1))
 
 
+def portraits(out: Path, count: int = 4, size: int = 256) -> list[Path]:
+    """The shipped portraits: held-out identities (never trained on), neutral, mouth closed, facing front."""
+    from engine.data.synth import held_out_identity
+
+    out.mkdir(parents=True, exist_ok=True)
+    written, identity_id = [], 0
+    while len(written) < count:
+        identity_id += 1
+        if not held_out_identity(identity_id):
+            continue
+        n = 1
+        still = dict(yaw=np.zeros(n), pitch=np.zeros(n), roll=np.zeros(n), tx=np.zeros(n), ty=np.zeros(n),
+                     blink=np.zeros(n), expression=np.zeros(n, int), expression_strength=np.zeros(n))
+        state = face_state(np.zeros(n), np.full(n, 0.5), np.zeros(n), still)
+        path = out / f"synthtalk-{identity_id}.png"
+        write_png(path, render(Identity.sample(np.random.default_rng(identity_id)), state, size).frames[0])
+        written.append(path)
+    return written
+
+
 if __name__ == "__main__":
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs")
     out.mkdir(exist_ok=True)
     identity_sheet(out / "synthtalk-identities.png")
     utterance_strip(out / "synthtalk-utterance-strip.png")
+    portraits(Path(__file__).resolve().parent.parent / "assets" / "portraits")

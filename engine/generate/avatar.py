@@ -1,0 +1,172 @@
+"""An Avatar: the models one talking portrait needs (DiT, VAE, optional tiny decoder), loaded once and
+shared by every session, and the portraits it can speak with.
+
+    avatar = load_avatar()                      # the shipped demo model (random weights if none is shipped)
+    reference = avatar.reference(portrait)      # uint8 [H, W, 3] -> the sink latent [1, C, 1, h, w]
+    gen = avatar.generator(StreamConfig(steps=4), decoder="tiny")
+    gen.reset(reference); gen.push_audio(pcm, 48000); chunk = gen.step()   # chunk.frames: [n, H, W, 3]
+
+Sessions own their StreamingGenerator (its KV cache, clocks and decoder state); the Avatar's weights are
+read-only and shared. Portrait images are decoded with PyAV, with the pixel limits checked on the
+header before any pixel is decoded.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from engine.checkpoints.vae import load_tiny_vae, load_vae
+from engine.checkpoints.wan import load_dit
+from engine.errors import ConfigError, ImageError
+from engine.generate.decoders import StreamDecoder, TinyDecoder, VAEDecoder
+from engine.generate.streaming import StreamConfig, StreamingGenerator
+from engine.models.dit import DiT, dit_config
+from engine.models.tiny_vae import TinyVAE, tiny_vae_config
+from engine.models.vae import CausalVAE, FeatureCache, vae_config
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DECODERS = ("vae", "tiny")
+
+
+@dataclass(frozen=True)
+class AvatarFiles:
+    """Where the weights are; the defaults are the shipped demo model."""
+
+    dit: Path = ASSETS / "demo-dit.safetensors"
+    vae: Path = ASSETS / "demo-vae.safetensors"
+    tiny: Path = ASSETS / "demo-tiny.safetensors"
+
+
+@dataclass
+class Avatar:
+    model: DiT
+    vae: CausalVAE
+    tiny: TinyVAE | None
+    trained: bool  # False: random weights (no shipped checkpoint found) -- speed is real, faces are not
+    resolution: int  # square frame size in pixels the models were built for
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def reference(self, portrait: np.ndarray) -> torch.Tensor:
+        """uint8 [H, W, 3] portrait -> its latent [1, C, 1, h, w], the pinned sink of every chunk."""
+        image = fit_square(portrait, self.resolution)
+        video = torch.from_numpy(image).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1  # [1, 3, 1, H, W]
+        p = next(self.vae.parameters())
+        return self.vae.encode_chunk(video.to(p.device, p.dtype), FeatureCache()).to(self.device)
+
+    def decoder(self, name: str = "vae") -> StreamDecoder:
+        """A fresh streaming decoder (each session needs its own state): "vae" for quality, "tiny" for speed."""
+        if name == "vae":
+            return VAEDecoder(self.vae)
+        if name == "tiny" and self.tiny is not None:
+            return TinyDecoder(self.tiny)
+        raise ConfigError(f"unknown decoder {name!r}; choose one of "
+                         f"{list(DECODERS) if self.tiny is not None else ['vae']}")
+
+    def generator(self, config: StreamConfig = StreamConfig(), decoder: str | None = "vae") -> StreamingGenerator:
+        """A session's generator; `decoder=None` yields latents only."""
+        return StreamingGenerator(self.model, config, decoder=self.decoder(decoder) if decoder else None)
+
+
+def load_avatar(files: AvatarFiles = AvatarFiles(), device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32, preset: str = "demo", resolution: int = 256,
+                seed: int = 0) -> Avatar:
+    """Load the DiT, VAE and tiny decoder. Where the DiT checkpoint is missing, the `preset` is built with
+    random weights (seeded), so the engine still runs end to end; `Avatar.trained` says which it is."""
+    if files.dit.exists():
+        model = load_dit(files.dit, dtype=dtype)
+        trained = True
+    else:
+        torch.manual_seed(seed)
+        model = DiT(dit_config(preset)).to(dtype)
+        trained = False
+    if files.vae.exists():
+        vae = load_vae(files.vae, dtype=dtype)
+    else:
+        torch.manual_seed(seed)
+        vae = CausalVAE(vae_config(model.cfg.name if model.cfg.name == "demo" else "wan")).to(dtype).eval()
+        trained = False
+    tiny = load_tiny_vae(files.tiny, dtype=dtype) if files.tiny.exists() else None
+    if tiny is None and not trained and model.cfg.name == "demo":
+        torch.manual_seed(seed)
+        tiny = TinyVAE(tiny_vae_config("demo")).to(dtype).eval()
+    for m in (model, vae, tiny):
+        if m is not None:
+            m.to(device).eval().requires_grad_(False)
+    return Avatar(model, vae, tiny, trained, resolution)
+
+
+# ---------------------------------------------------------------------------------------------- portraits
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an uploaded portrait may be: checked on the header before decoding."""
+
+    max_bytes: int = 8 * 1024 * 1024
+    max_pixels: int = 4096 * 4096
+    min_side: int = 64
+
+
+def load_portrait(source: str | os.PathLike[str] | bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+    """A PNG/JPEG/WebP file or its bytes -> uint8 [H, W, 3]. Raises ImageError, naming the problem."""
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ImageError(f"portrait {path} does not exist")
+        if path.stat().st_size > limits.max_bytes:
+            raise ImageError(f"portrait {path} is {path.stat().st_size} bytes; the limit is {limits.max_bytes}")
+        data = path.read_bytes()
+    if len(data) > limits.max_bytes:
+        raise ImageError(f"portrait is {len(data)} bytes; the limit is {limits.max_bytes}")
+    if not data:
+        raise ImageError("portrait is empty")
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise ImageError("portrait holds no image")
+            stream = container.streams.video[0]
+            w, h = stream.codec_context.width, stream.codec_context.height
+            if w * h > limits.max_pixels:
+                raise ImageError(f"portrait is {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels}")
+            if min(w, h) < limits.min_side and w and h:
+                raise ImageError(f"portrait is {w}x{h}; both sides must be at least {limits.min_side} pixels")
+            frame = next(container.decode(stream))
+            image = frame.to_ndarray(format="rgb24")
+    except ImageError:
+        raise
+    except (av.FFmpegError, StopIteration, ValueError, OSError) as e:
+        raise ImageError(f"portrait could not be decoded as an image (PNG, JPEG or WebP): {e}") from e
+    if min(image.shape[:2]) < limits.min_side:
+        raise ImageError(f"portrait is {image.shape[1]}x{image.shape[0]}; both sides must be at least "
+                         f"{limits.min_side} pixels")
+    return image
+
+
+def fit_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square, then resize to size x size (area-averaging down, bilinear up)."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ImageError(f"portrait must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+    h, w = image.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    square = torch.from_numpy(np.ascontiguousarray(image[top:top + s, left:left + s])).permute(2, 0, 1)[None].float()
+    mode = "area" if s > size else "bilinear"
+    out = torch.nn.functional.interpolate(square, size=(size, size), mode=mode,
+                                          **({} if mode == "area" else {"align_corners": False}))
+    return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def shipped_portraits() -> dict[str, Path]:
+    """The portraits shipped in engine/assets/portraits, by name."""
+    return {p.stem: p for p in sorted((ASSETS / "portraits").glob("*.png"))}

@@ -1,0 +1,79 @@
+"""The Avatar bundle: portraits in (with limits), a session's generator with either decoder out."""
+import io
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from engine.errors import ConfigError, ImageError
+from engine.generate.avatar import AvatarFiles, ImageLimits, fit_square, load_avatar, load_portrait, shipped_portraits
+from engine.generate.streaming import StreamConfig
+
+
+def _png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="image2pipe") as out:
+        stream = out.add_stream("png")
+        stream.width, stream.height, stream.pix_fmt = image.shape[1], image.shape[0], "rgb24"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def test_shipped_portraits_load():
+    portraits = shipped_portraits()
+    assert len(portraits) >= 4
+    for path in portraits.values():
+        image = load_portrait(path)
+        assert image.shape == (256, 256, 3) and image.dtype == np.uint8 and image.std() > 10
+
+
+def test_portrait_round_trips_through_png_bytes():
+    image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    assert np.array_equal(load_portrait(_png(image)), image)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "empty"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "decoded"),
+    (b"GIF89a not really", "decoded"),
+    (np.random.default_rng(1).bytes(5000), "decoded"),
+])
+def test_bad_portraits_get_a_clear_error(data, message):
+    with pytest.raises(ImageError, match=message):
+        load_portrait(data)
+
+
+def test_portrait_limits_are_checked_before_decoding():
+    image = np.zeros((300, 300, 3), np.uint8)
+    with pytest.raises(ImageError, match="pixels"):
+        load_portrait(_png(image), ImageLimits(max_pixels=200 * 200))
+    with pytest.raises(ImageError, match="bytes"):
+        load_portrait(_png(image), ImageLimits(max_bytes=100))
+    with pytest.raises(ImageError, match="at least"):
+        load_portrait(_png(np.zeros((32, 300, 3), np.uint8)))
+
+
+def test_fit_square_crops_the_centre():
+    image = np.zeros((100, 300, 3), np.uint8)
+    image[:, 100:200] = 255
+    out = fit_square(image, 50)
+    assert out.shape == (50, 50, 3) and out.min() == 255
+
+
+def test_generator_gives_frames_with_either_decoder(tmp_path):
+    missing = AvatarFiles(dit=tmp_path / "none", vae=tmp_path / "none", tiny=tmp_path / "none")
+    avatar = load_avatar(missing)
+    assert not avatar.trained
+    reference = avatar.reference(load_portrait(next(iter(shipped_portraits().values()))))
+    assert reference.shape == (1, avatar.model.cfg.in_dim, 1, 16, 16)
+    for name in ("vae", "tiny"):
+        gen = avatar.generator(StreamConfig(steps=1, window_frames=2), decoder=name)
+        gen.reset(reference)
+        gen.push_audio(np.zeros(8000, np.float32), 16000)
+        chunks = list(gen.flush())
+        assert [c.frames.shape[0] for c in chunks] == [c.num_frames for c in chunks]
+        assert chunks[0].frames.shape[1:] == (256, 256, 3) and chunks[0].frames.dtype == torch.uint8
+    with pytest.raises(ConfigError, match="unknown decoder"):
+        avatar.decoder("fast")
