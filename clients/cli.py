@@ -89,7 +89,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     from engine.data.synth import synthesize_dataset
 
     written = synthesize_dataset(args.out, args.clips, args.seconds, args.size, seed=args.seed,
-                                 eval_fraction=args.eval_fraction, clips_per_shard=args.clips_per_shard)
+                                 eval_fraction=args.eval_fraction, clips_per_shard=args.clips_per_shard,
+                                 fmt=args.format, workers=args.workers)
     print(f"{written} clips written to {args.out} ({args.clips - written} already there)")
     return 0
 
@@ -103,6 +104,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-fraction", type=float, default=0.1)
     p.add_argument("--clips-per-shard", type=int, default=100)
+    p.add_argument("--format", default="mp4", choices=["mp4", "raw"],
+                   help="mp4: compact (h264 + wav + npz); raw: uint8 arrays, for the machine that trains")
+    p.add_argument("--workers", type=int, default=1, help="processes rendering in parallel")
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {

@@ -1,50 +1,45 @@
 """The VAE recipe end to end on tiny generated clips: trains, saves, resumes, distils the tiny decoder."""
 import json
 
-import av
-import numpy as np
 import pytest
 import torch
 
 from engine.checkpoints.vae import load_tiny_vae, load_vae
-from engine.data.video_clips import VideoClips
+from engine.data.synth import synthesize_dataset
+from engine.data.synthtalk import SynthTalk
 from engine.errors import ConfigError, DataError
-from engine.train.vae import TrainVAEConfig, psnr, ssim, train
-
-
-def write_clip(path, seed, frames=12, size=32):
-    rng = np.random.default_rng(seed)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        colour = rng.integers(0, 255, 3)
-        for t in range(frames):
-            img = np.full((size, size, 3), 40, np.uint8)
-            x = (4 + 2 * t) % (size - 8)
-            img[8:20, x:x + 8] = colour
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+from engine.train.vae import TrainVAEConfig, pixel_weight, psnr, reconstruction_loss, ssim, train
 
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("clips")
-    for i in range(24):
-        write_clip(folder / f"clip{i:03d}.mp4", i)
+    """A few real SynthTalk clips, 64x64, both splits, in the raw format."""
+    folder = tmp_path_factory.mktemp("synthtalk")
+    synthesize_dataset(folder, 6, 1.0, 64, seed=3, eval_fraction=0.35, fmt="raw")
     return folder
 
 
-def test_clips_split_and_shape(clips):
-    train_set, eval_set = VideoClips(clips, 5, 32, "train"), VideoClips(clips, 5, 32, "eval", held_out_fraction=0.3)
-    assert not set(train_set.files) & set(VideoClips(clips, 5, 32, "eval").files)
-    x = train_set.sample(2, np.random.default_rng(0))
+def test_bank_windows_and_split(clips):
+    train_set, eval_set = SynthTalk(clips, "train"), SynthTalk(clips, "eval")
+    assert len(train_set) and len(eval_set) and len(train_set) + len(eval_set) == 6
+    assert not {r["identity_id"] for _, r in train_set.rows} & {r["identity_id"] for _, r in eval_set.rows}
+    bank = train_set.bank(32)
+    x, masks = bank.windows(2, 5, torch.Generator().manual_seed(0))
     assert x.shape == (2, 3, 5, 32, 32) and x.min() >= -1 and x.max() <= 1
-    assert eval_set.files
-    with pytest.raises(DataError):
-        VideoClips(clips, 6, 32)
+    assert masks.shape == (2, 2, 5, 32, 32) and 0 < masks[:, 1].mean() < masks[:, 0].mean() < 1
+    with pytest.raises(DataError, match="no SynthTalk shards"):
+        SynthTalk(clips / "missing")
+
+
+def test_mouth_pixels_weigh_more():
+    x, target = torch.zeros(1, 3, 1, 16, 16), torch.zeros(1, 3, 1, 16, 16)
+    masks = torch.zeros(1, 2, 1, 16, 16)
+    masks[:, 1, :, :2, :2] = 1
+    w = pixel_weight(masks, 1.0, 8.0)
+    off, on = x.clone(), x.clone()
+    off[..., 8:10, 8:10] = 1
+    on[..., :2, :2] = 1
+    assert reconstruction_loss(on, target, 0.0, w) > 5 * reconstruction_loss(off, target, 0.0, w)
 
 
 def test_metrics():
@@ -57,7 +52,7 @@ def test_train_resume_and_distil(clips, tmp_path):
     cfg = TrainVAEConfig(data=str(clips), out=str(tmp_path / "vae"), resolution=32, frames=5, batch=2, steps=4,
                          save_every=2, log_every=1, eval_clips=2, device="cpu", bf16=False)
     scores = train(cfg)
-    assert {"psnr", "ssim"} <= scores.keys()
+    assert {"psnr", "ssim", "mouth_psnr"} <= scores.keys()
     log = [json.loads(line) for line in (tmp_path / "vae" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
     vae = load_vae(tmp_path / "vae" / "final.safetensors")
