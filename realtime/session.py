@@ -1,0 +1,394 @@
+"""A session: one StreamingGenerator driven by one client, on its own worker thread, played out on the
+A/V clock.
+
+    client ──push_audio/clear/mark──► command queue ──► worker thread: StreamingGenerator.step()
+                                                              │  (never on the event loop)
+                                        bounded asyncio.Queue ◄┘  segments tagged with an epoch
+                                                 │
+                 pacer task, every 20 ms: Playout.tick() ──► sinks (WebRTC tracks, a websocket)
+
+A clear bumps the epoch: the playout and the queue are emptied at once on the loop (the client gets
+`playback_finished` without waiting for the worker), and any segment the worker was still making for the
+old epoch is thrown away when it arrives. The worker generates silence (an idle face) only when playout is
+about to run dry and no input is arriving, so a live stream is never padded with silence mid-sentence.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from engine.audio.features import samples_needed
+from engine.errors import EngineError
+from engine.generate.streaming import StreamConfig, StreamingGenerator
+from realtime.adaptive import AdaptiveSteps
+from realtime.clock import SAMPLE_RATE, SAMPLES_PER_FRAME, TICK_SAMPLES, Playout, Segment, Tick
+from realtime.config import SessionConfig
+from realtime.errors import BadAudio
+
+log = logging.getLogger(__name__)
+TICK_S = TICK_SAMPLES / SAMPLE_RATE
+INPUT_RATES = (8000, 16000, 24000, 32000, 44100, 48000)
+
+
+class Sink(Protocol):
+    """Where a session's media and events go. Every method must return at once (queue, never await)."""
+
+    def video(self, pts: int, rgb: np.ndarray, voiced: bool, wall_s: float) -> None: ...
+
+    def audio(self, pcm: np.ndarray, pts: int | None, wall_s: float) -> None: ...
+
+    def event(self, event: dict) -> None: ...
+
+
+# ------------------------------------------------------------------------------------ worker commands
+
+@dataclass(frozen=True)
+class _Push:
+    pcm: np.ndarray
+    sample_rate: int
+    at: float  # monotonic arrival time
+
+
+@dataclass(frozen=True)
+class _EndOfUtterance:
+    pass
+
+
+@dataclass(frozen=True)
+class _Interrupt:
+    epoch: int
+
+
+@dataclass(frozen=True)
+class _Mark:
+    name: str
+
+
+@dataclass
+class _Item:
+    epoch: int
+    segment: Segment
+
+
+class SessionStats:
+    """What /metrics reports for a session: output fps, audio-in to frame-out latency, steps, drops."""
+
+    def __init__(self) -> None:
+        self.frame_times: deque[float] = deque(maxlen=100)
+        self.latencies_ms: deque[float] = deque(maxlen=500)
+        self.compute_ms: deque[float] = deque(maxlen=100)
+        self.frames_sent = 0
+        self.dropped_frames = 0  # frames never generated because a live backlog was dropped
+
+    def fps(self, now: float, window_s: float = 2.0) -> float:
+        recent = [t for t in self.frame_times if now - t <= window_s]
+        return (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 2 and recent[-1] > recent[0] else 0.0
+
+    def latency_ms(self, q: float) -> float | None:
+        return float(np.percentile(list(self.latencies_ms), q)) if self.latencies_ms else None
+
+
+class Session:
+    """One avatar conversation. Create, `start()`, feed it, `close()`; `done` is set when it has ended."""
+
+    def __init__(self, session_id: str, generator: StreamingGenerator, reference: torch.Tensor,
+                 config: SessionConfig, live: bool = False, portrait: str = ""):
+        self.id, self.config, self.live, self.portrait = session_id, config, live, portrait
+        self._generator, self._reference = generator, reference
+        self.audio_config = generator.audio_config
+        self.playout = Playout()
+        self.stats = SessionStats()
+        self.adaptive = AdaptiveSteps(config.steps, enabled=config.adaptive)
+        self.sinks: list[Sink] = []
+        self.done = asyncio.Event()
+        self.close_reason = ""
+        self.last_activity = time.monotonic()
+        self.on_close: list[Callable[[Session], None]] = []
+        self._epoch = 0
+        self._commands: queue.Queue = queue.Queue()
+        self._stopping = threading.Event()
+        self._chunks: asyncio.Queue[_Item] = asyncio.Queue(maxsize=config.queue_chunks)
+        self._put_samples = 0  # written by the worker: audio it has queued
+        self._pulled_samples = 0  # written by the loop: audio taken off the queue
+        self._input_sent = 0  # written by the loop: input samples (at 16 kHz) handed to the worker
+        self._input_taken = 0  # written by the worker: ... and pushed into the generator
+        self._playout_buffered = 0  # written by the loop: Playout.buffered_samples, for the worker to read
+        self._backlog = 0  # written by the worker: samples pushed into the generator, not yet generated
+        self._thread: threading.Thread | None = None
+        self._pacer: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.steps = config.steps
+
+    # ------------------------------------------------------------------ control (event loop side)
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._work, name=f"session-{self.id}", daemon=True)
+        self._thread.start()
+        self._pacer = asyncio.create_task(self._pace(), name=f"pacer-{self.id}")
+
+    def push_audio(self, pcm: np.ndarray, sample_rate: int) -> None:
+        """Queue mono PCM (int16 or float32) for the generator. Raises BadAudio, naming the problem."""
+        if sample_rate not in INPUT_RATES:
+            raise BadAudio(f"sample rate {sample_rate} Hz is not supported; use one of {INPUT_RATES}")
+        if pcm.ndim != 1 or pcm.dtype not in (np.int16, np.float32):
+            raise BadAudio(f"audio must be mono int16 or float32, got {pcm.dtype} {pcm.shape}")
+        if pcm.dtype == np.float32 and not np.isfinite(pcm).all():
+            raise BadAudio("audio holds NaN or infinite samples")
+        samples = len(pcm) * SAMPLE_RATE // sample_rate
+        if (self.buffered_s + samples / SAMPLE_RATE) > self.config.max_buffered_audio_s:
+            raise BadAudio(f"{self.buffered_s:.1f} s of audio is already waiting; the limit is "
+                           f"{self.config.max_buffered_audio_s} s (push no faster than it plays)")
+        self._input_sent += samples
+        self._command(_Push(pcm, sample_rate, time.monotonic()))
+
+    @property
+    def buffered_s(self) -> float:
+        """Audio accepted but not yet played: waiting for the worker, in the generator, or generated."""
+        ahead = self._put_samples - self._pulled_samples + self.playout.buffered_samples
+        return (self._input_sent - self._input_taken + self._backlog + ahead) / SAMPLE_RATE
+
+    def end_of_utterance(self) -> None:
+        """The client has sent the whole utterance: generate its tail now rather than wait for more audio."""
+        self._command(_EndOfUtterance())
+
+    def mark(self, name: str) -> None:
+        """Echo `name` back once the audio pushed before it has played."""
+        self._command(_Mark(name))
+
+    def clear(self) -> None:
+        """Barge-in: drop everything not yet played; idle from the next chunk on."""
+        self._epoch += 1
+        events = self.playout.clear()
+        while not self._chunks.empty():
+            item = self._chunks.get_nowait()
+            self._pulled_samples += len(item.segment.audio)
+            events += [{"type": "mark", "name": name} for _, name in item.segment.marks]
+        self._playout_buffered = 0
+        self._command(_Interrupt(self._epoch))
+        for e in events:
+            self._emit(e)
+
+    def attach(self, sink: Sink) -> None:
+        self.sinks.append(sink)
+
+    def detach(self, sink: Sink) -> None:
+        if sink in self.sinks:
+            self.sinks.remove(sink)
+
+    async def close(self, reason: str = "closed") -> None:
+        """Stop the pacer and the worker; never hangs (the worker is joined with a timeout)."""
+        if self._stopping.is_set():
+            await self.done.wait()
+            return
+        self.close_reason = reason
+        self._stopping.set()
+        self._commands.put(None)
+        if self._pacer is not None:
+            self._pacer.cancel()
+            await asyncio.gather(self._pacer, return_exceptions=True)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5.0)
+            if self._thread.is_alive():
+                log.warning("session %s: worker did not stop within 5 s", self.id)
+        for callback in self.on_close:
+            try:
+                callback(self)
+            except Exception:  # a broken observer must not keep the slot taken
+                log.exception("session %s: close callback failed", self.id)
+        self.done.set()
+
+    def touch(self) -> None:
+        """The client is alive (a keepalive): hold off the idle timeout."""
+        self.last_activity = time.monotonic()
+
+    def _command(self, command: object) -> None:
+        self.touch()
+        self._commands.put(command)
+
+    # ------------------------------------------------------------------ pacer (event loop side)
+
+    async def _pace(self) -> None:
+        loop = asyncio.get_running_loop()
+        t0, n = loop.time(), 0
+        try:
+            while True:
+                delay = t0 + n * TICK_S - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif delay < -0.2:  # the loop stalled: rebase rather than burst frames to catch up
+                    t0 = loop.time() - n * TICK_S
+                self._pull()
+                self._publish(self.playout.tick(), n * TICK_S)
+                self._playout_buffered = self.playout.buffered_samples
+                n += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("session %s: pacer failed", self.id)
+            asyncio.ensure_future(self.close("internal error"))
+
+    def _pull(self) -> None:
+        """Move the next segment into the playout when the current one is about to run out."""
+        while self.playout.buffered_samples <= TICK_SAMPLES and not self._chunks.empty():
+            item = self._chunks.get_nowait()
+            self._pulled_samples += len(item.segment.audio)
+            if item.epoch == self._epoch:
+                self.playout.append(item.segment)
+            else:  # made before a clear: never plays, but its marks are owed
+                for _, name in item.segment.marks:
+                    self._emit({"type": "mark", "name": name})
+
+    def _publish(self, tick: Tick, wall_s: float) -> None:
+        now = time.monotonic()
+        if tick.started is not None:
+            seg = tick.started
+            latency = (now - seg.input_at) * 1000 if seg.input_at is not None else None
+            if latency is not None:
+                self.stats.latencies_ms.append(latency)
+            self.stats.compute_ms.append(seg.compute_s * 1000)
+            self._emit({"type": "stats", "steps": seg.steps, "compute_ms": round(seg.compute_s * 1000, 1),
+                        "latency_ms": None if latency is None else round(latency, 1),
+                        "buffer_ms": round(self.buffered_s * 1000), "underruns": self.playout.underruns,
+                        "dropped_frames": self.stats.dropped_frames})
+        for sink in list(self.sinks):
+            sink.audio(tick.audio, tick.audio_pts, wall_s)
+            for pts, rgb, voiced in tick.frames:
+                sink.video(pts, rgb, voiced, wall_s)
+        for _ in tick.frames:
+            self.stats.frame_times.append(now)
+            self.stats.frames_sent += 1
+        for e in tick.events:
+            self._emit(e)
+
+    def _emit(self, event: dict) -> None:
+        for sink in list(self.sinks):
+            sink.event(event)
+
+    # ------------------------------------------------------------------ worker thread
+
+    def _work(self) -> None:
+        try:
+            self._generate()
+        except Exception as err:  # log the unexpected, tell the client, end the session
+            log.exception("session %s: generation failed", self.id)
+            if not self._stopping.is_set():
+                self._to_loop(self._emit, {"type": "error", "code": "internal", "message": str(err), "fatal": True})
+                self._to_loop(lambda: asyncio.ensure_future(self.close("generation failed")))
+
+    def _to_loop(self, fn: Callable, *args: object) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+    def _generate(self) -> None:
+        gen = self._generator
+        gen.reset(self._reference, seed=self.config.seed)
+        epoch, flushing, last_input = 0, False, 0.0
+        arrivals: deque[tuple[int, float]] = deque()  # (generator samples pushed after, arrival time)
+        marks: list[tuple[int, str]] = []
+        chunk_samples = self.config.chunk_frames * self.audio_config.video_frames_per_latent * SAMPLES_PER_FRAME
+        while not self._stopping.is_set():
+            # 1. commands, in the order the client sent them
+            try:
+                command = self._commands.get(timeout=0.005 if gen.ready() else 0.01)
+            except queue.Empty:
+                command = False
+            while command is not False:
+                if command is None:
+                    return
+                if isinstance(command, _Push):
+                    try:
+                        gen.push_audio(command.pcm, command.sample_rate)
+                    except EngineError as err:
+                        self._to_loop(self._emit, {"type": "error", "code": "bad_audio", "message": str(err),
+                                                   "fatal": False})
+                    self._input_taken += len(command.pcm) * SAMPLE_RATE // command.sample_rate
+                    arrivals.append((gen.pushed, command.at))
+                    last_input = command.at
+                elif isinstance(command, _EndOfUtterance):
+                    flushing = True
+                elif isinstance(command, _Mark):
+                    marks.append((gen.pushed, command.name))
+                elif isinstance(command, _Interrupt):
+                    gen.interrupt()
+                    epoch, flushing = command.epoch, False
+                    arrivals.clear()
+                    for _, name in marks:  # they will never play: owed now
+                        self._to_loop(self._emit, {"type": "mark", "name": name})
+                    marks = []
+                try:
+                    command = self._commands.get_nowait()
+                except queue.Empty:
+                    command = False
+            self._backlog = gen.pushed - gen.played
+            # 2. a live source that has fallen too far behind at the lowest step drops its backlog
+            if (self.live and self.adaptive.at_lowest or self.live and not self.config.adaptive) and \
+                    self._backlog > self.config.live_backlog_s * SAMPLE_RATE:
+                self.stats.dropped_frames += self._backlog // SAMPLES_PER_FRAME
+                gen.interrupt()
+                arrivals.clear()
+                self._backlog = 0
+            # 3. one chunk: real audio if there is enough, else the tail of an utterance, else idle
+            ahead = self._put_samples - self._pulled_samples + self._playout_buffered
+            idle = ahead < self.config.idle_ahead_s * SAMPLE_RATE and \
+                time.monotonic() - last_input > self.config.input_gap_s
+            if flushing and gen.played >= gen.voiced_until:
+                flushing = False
+            if not (gen.ready() or flushing or idle):
+                continue
+            if ahead > (self.config.queue_chunks + 1) * chunk_samples:
+                continue  # the queue is full: wait here, where commands still get through
+            t0 = time.perf_counter()
+            chunk = gen.step(allow_silence=True)
+            assert chunk is not None
+            compute = time.perf_counter() - t0
+            need = samples_needed(gen.frames_written, self.audio_config)
+            while arrivals and arrivals[0][0] < need:
+                arrivals.popleft()
+            input_at = arrivals[0][1] if arrivals and chunk.voiced else None
+            end = (chunk.first_frame + chunk.num_frames) * SAMPLES_PER_FRAME
+            due = [m for m in marks if m[0] <= end]
+            marks = [m for m in marks if m[0] > end]
+            assert chunk.frames is not None
+            audio = np.clip(np.round(chunk.audio * 32768.0), -32768, 32767).astype(np.int16)
+            segment = Segment(chunk.frames.numpy(), audio, chunk.voiced, chunk.first_frame * SAMPLES_PER_FRAME,
+                              due, chunk.steps, compute, input_at)
+            if gen.frames_written > self.config.chunk_frames:  # the first chunk pays for warm-up
+                gen.steps = self.steps = self.adaptive.update(compute, chunk.num_frames / self.audio_config.fps)
+            self._backlog = gen.pushed - gen.played
+            self._deliver(_Item(epoch, segment))
+
+    def _deliver(self, item: _Item) -> None:
+        """Blocking put into the bounded asyncio.Queue, giving up when the session stops."""
+        assert self._loop is not None
+        self._put_samples += len(item.segment.audio)
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._chunks.put(item), self._loop)
+        except RuntimeError:
+            return
+        while not self._stopping.is_set():
+            try:
+                future.result(timeout=0.1)
+                return
+            except concurrent.futures.TimeoutError:
+                continue
+        future.cancel()
+
+
+def new_generator(avatar, config: SessionConfig) -> StreamingGenerator:  # type: ignore[no-untyped-def]
+    """The session's own generator (KV cache, decoder state) over the avatar's shared weights."""
+    stream = StreamConfig(chunk_frames=config.chunk_frames, window_frames=config.window_frames, steps=config.steps)
+    return avatar.generator(stream, decoder=config.decoder)

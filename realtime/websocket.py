@@ -1,0 +1,279 @@
+"""The websocket protocol (PROTOCOL.md): a client sends `start`, then binary PCM16 audio and JSON commands;
+the server sends `ready`, events as JSON, and video frames and the aligned audio as binary messages.
+
+Binary messages from the server are  kind (1 byte: b"V" video, b"A" audio) | header length (uint32, big
+endian) | JSON header | payload.  Protocol errors are sent as `error` events and the session goes on;
+only a bad `start` closes the socket (1008), and a full server closes it with 1013 (try again later).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import struct
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+from aiohttp import WSMsgType, web
+
+from realtime.clock import FPS, SAMPLE_RATE
+from realtime.errors import BadAudio, BadMessage, RealtimeError
+from realtime.registry import Entry, open_session
+from realtime.session import INPUT_RATES
+
+log = logging.getLogger(__name__)
+START_TIMEOUT_S = 10.0
+VIDEO_FORMATS = ("jpeg", "raw")
+COMMANDS = ("end_of_utterance", "clear", "mark", "keepalive", "close")
+
+
+@dataclass(frozen=True)
+class Start:
+    sample_rate: int
+    portrait: str | None = None
+    video: str = "jpeg"
+    steps: int | None = None
+    resume: str | None = None
+
+
+def parse_start(text: str) -> Start:
+    message = parse_json(text)
+    if message.get("type") != "start":
+        raise BadMessage(f"the first message must be {{\"type\": \"start\", ...}}, got type {message.get('type')!r}")
+    if message.get("resume") is not None:
+        if not isinstance(message["resume"], str):
+            raise BadMessage("resume must be the resume_token string of a `ready` event")
+        return Start(SAMPLE_RATE, resume=message["resume"])
+    rate = message.get("sample_rate")
+    if rate not in INPUT_RATES:
+        raise BadMessage(f"sample_rate must be one of {INPUT_RATES}, got {rate!r}")
+    video = message.get("video", "jpeg")
+    if video not in VIDEO_FORMATS:
+        raise BadMessage(f"video must be one of {VIDEO_FORMATS}, got {video!r}")
+    portrait, steps = message.get("portrait"), message.get("steps")
+    if portrait is not None and not isinstance(portrait, str):
+        raise BadMessage(f"portrait must be a name string, got {portrait!r}")
+    if steps is not None and steps not in (4, 2, 1):
+        raise BadMessage(f"steps must be 4, 2 or 1, got {steps!r}")
+    return Start(rate, portrait, video, steps)
+
+
+def parse_json(text: str) -> dict:
+    try:
+        message = json.loads(text)
+    except ValueError as err:
+        raise BadMessage(f"not JSON: {err}") from err
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise BadMessage('a message must be a JSON object with a string "type"')
+    return message
+
+
+def parse_audio(data: bytes, sample_rate: int) -> np.ndarray:
+    """PCM16 little-endian mono: an even number of bytes, at least 10 ms."""
+    if len(data) % 2:
+        raise BadAudio(f"PCM16 audio needs an even number of bytes, got {len(data)}")
+    if len(data) // 2 < sample_rate // 100:
+        raise BadAudio(f"audio chunks must hold at least 10 ms ({sample_rate // 100} samples at {sample_rate} Hz), "
+                       f"got {len(data) // 2}")
+    return np.frombuffer(data, dtype="<i2").astype(np.int16)
+
+
+def pack(kind: bytes, header: dict, payload: bytes) -> bytes:
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return kind + struct.pack(">I", len(head)) + head + payload
+
+
+class WebSocketSink:
+    """A session Sink: everything goes through one bounded outgoing queue, drained by `send_loop`. Video is
+    dropped first when the client reads slowly; audio and events are never dropped (a client that cannot
+    keep up with those is disconnected)."""
+
+    def __init__(self, video: str, max_messages: int = 400):
+        self.format = video
+        self.queue: asyncio.Queue = asyncio.Queue(max_messages)
+        self.dropped_video = 0
+        self.overflow = asyncio.Event()
+
+    def _put(self, item: tuple) -> None:
+        if self.queue.full():
+            self.overflow.set()
+        else:
+            self.queue.put_nowait(item)
+
+    def video(self, pts: int, rgb: np.ndarray, voiced: bool, wall_s: float) -> None:
+        if self.queue.qsize() > self.queue.maxsize // 2:
+            self.dropped_video += 1
+            return
+        self._put(("V", pts, rgb, voiced))
+
+    def audio(self, pcm: np.ndarray, pts: int | None, wall_s: float) -> None:
+        if pts is not None:  # underrun silence is not part of the media timeline
+            self._put(("A", pts, pcm))
+
+    def event(self, event: dict) -> None:
+        self._put(("E", event))
+
+    async def send_loop(self, ws: web.WebSocketResponse) -> None:
+        encoder = None
+        while True:
+            item = await self.queue.get()
+            if item[0] == "E":
+                await ws.send_str(json.dumps(item[1]))
+            elif item[0] == "A":
+                await ws.send_bytes(pack(b"A", {"pts": item[1], "sample_rate": SAMPLE_RATE}, item[2].tobytes()))
+            else:
+                _, pts, rgb, voiced = item
+                h, w = rgb.shape[:2]
+                if self.format == "jpeg":
+                    if encoder is None:
+                        encoder = _jpeg_encoder(w, h)
+                    payload = await asyncio.to_thread(_encode_jpeg, encoder, rgb)
+                else:
+                    payload = rgb.tobytes()
+                header = {"pts": pts, "time_base": [1, FPS], "width": w, "height": h, "format": self.format,
+                          "voiced": voiced}
+                await ws.send_bytes(pack(b"V", header, payload))
+
+
+def _jpeg_encoder(width: int, height: int) -> av.CodecContext:
+    codec = av.CodecContext.create("mjpeg", "w")
+    codec.width, codec.height, codec.pix_fmt = width, height, "yuvj420p"
+    codec.time_base = Fraction(1, FPS)
+    return codec
+
+
+def _encode_jpeg(codec: av.CodecContext, rgb: np.ndarray) -> bytes:
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuvj420p")
+    return b"".join(bytes(p) for p in codec.encode(frame))
+
+
+# ------------------------------------------------------------------------------------------- the handler
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    from realtime.server import STATE, check_origin
+
+    state = request.app[STATE]
+    check_origin(state, request)
+    ws = web.WebSocketResponse(max_msg_size=state.config.max_message_bytes, heartbeat=20.0)
+    await ws.prepare(request)
+    try:
+        first = await asyncio.wait_for(ws.receive(), START_TIMEOUT_S)
+        if first.type != WSMsgType.TEXT:
+            raise BadMessage("the first message must be the JSON start message")
+        start = parse_start(first.data)
+        entry, resumed = await _session_for(state, start)
+    except (RealtimeError, asyncio.TimeoutError) as err:
+        code = err.code if isinstance(err, RealtimeError) else "bad_message"
+        text = str(err) or "no start message within 10 s"
+        await ws.send_str(json.dumps({"type": "error", "code": code, "message": text, "fatal": True}))
+        await ws.close(code=1013 if code == "session_limit" else 1008, message=code.encode())
+        return ws
+    await _serve(state, ws, entry, start, resumed)
+    return ws
+
+
+async def _session_for(state, start: Start) -> tuple[Entry, bool]:  # type: ignore[no-untyped-def]
+    if start.resume is not None:
+        entry = state.registry.by_token(start.resume)
+        if entry is None or entry.kind != "websocket" or entry.attached:
+            raise BadMessage("unknown or expired resume token")
+        return entry, True
+    state.registry.reserve()
+    try:
+        session = await open_session(state.avatar, state.portraits, state.config, start.portrait, live=False,
+                                     steps=start.steps)
+    except BaseException:
+        state.registry.cancel()
+        raise
+    entry = Entry(session, "websocket", sample_rate=start.sample_rate, video=start.video)
+    state.registry.add(entry)
+    return entry, False
+
+
+async def _serve(state, ws: web.WebSocketResponse, entry: Entry, start: Start, resumed: bool) -> None:  # type: ignore[no-untyped-def]
+    session = entry.session
+    rate, video = entry.sample_rate, entry.video
+    for task in entry.tasks:  # a previous connection's grace timer
+        task.cancel()
+    entry.tasks.clear()
+    entry.attached = True
+    sink = WebSocketSink(video)
+    h = w = state.avatar.resolution
+    sink.event({"type": "ready", "session": session.id, "resume_token": entry.resume_token, "resumed": resumed,
+                "width": w, "height": h, "fps": FPS, "time_base": [1, FPS], "audio_sample_rate": SAMPLE_RATE,
+                "input_sample_rate": rate, "portrait": session.portrait, "steps": session.steps})
+    session.attach(sink)
+    sender = asyncio.create_task(sink.send_loop(ws))
+    overflow = asyncio.create_task(sink.overflow.wait())
+    closing = False
+    try:
+        while not ws.closed and not session.done.is_set():
+            receive = asyncio.ensure_future(ws.receive())
+            done, _ = await asyncio.wait({receive, overflow, sender}, return_when=asyncio.FIRST_COMPLETED)
+            if receive not in done:
+                receive.cancel()
+                reason = "client too slow" if overflow in done else "send failed"
+                await ws.close(code=1008, message=reason.encode())
+                break
+            msg = receive.result()
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                break
+            try:
+                if msg.type == WSMsgType.BINARY:
+                    session.push_audio(parse_audio(msg.data, rate), rate)
+                elif msg.type == WSMsgType.TEXT:
+                    closing = _command(session, sink, parse_json(msg.data))
+                    if closing:
+                        break
+            except RealtimeError as err:
+                sink.event({"type": "error", "code": err.code, "message": str(err), "fatal": False})
+    finally:
+        session.detach(sink)
+        overflow.cancel()
+        if closing:  # flush what is queued (the `closed` event) before the socket goes
+            await asyncio.wait({asyncio.ensure_future(_drain(sink))}, timeout=2.0)
+        sender.cancel()
+        await asyncio.gather(sender, overflow, return_exceptions=True)
+        if not ws.closed:
+            await ws.close()
+        entry.attached = False
+        if closing or session.done.is_set():
+            await entry.end("closed by the client")
+        else:  # dropped: keep the session for a re-attach with the resume token
+            entry.tasks.append(asyncio.create_task(_grace(entry, state.config.resume_grace_s)))
+
+
+async def _drain(sink: WebSocketSink) -> None:
+    while not sink.queue.empty():
+        await asyncio.sleep(0.01)
+
+
+async def _grace(entry: Entry, seconds: float) -> None:
+    await asyncio.sleep(seconds)
+    if not entry.attached:
+        await entry.end("client did not come back")
+
+
+def _command(session, sink: WebSocketSink, message: dict) -> bool:  # type: ignore[no-untyped-def]
+    """Apply one JSON command; True when the client asked to close."""
+    kind = message["type"]
+    if kind == "end_of_utterance":
+        session.end_of_utterance()
+    elif kind == "clear":
+        session.clear()
+    elif kind == "mark":
+        name = message.get("name")
+        if not isinstance(name, str) or not name or len(name) > 256:
+            raise BadMessage("mark needs a non-empty string `name` of at most 256 characters")
+        session.mark(name)
+    elif kind == "keepalive":
+        session.touch()
+        sink.event({"type": "keepalive"})
+    elif kind == "close":
+        sink.event({"type": "closed", "session": session.id})
+        return True
+    else:
+        raise BadMessage(f"unknown message type {kind!r}; expected one of {COMMANDS}")
+    return False
