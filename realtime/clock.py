@@ -106,7 +106,8 @@ class Playout:
         cut = self.speaking or any(s.voiced for s in pending[1:]) or (
             self._current is not None and self._current.voiced and self._offset < len(self._current.audio))
         position = (self.played_samples - self._utterance_start) / SAMPLE_RATE if self.speaking else 0.0
-        events: list[dict] = [{"type": "playback_finished", "position": round(position, 3), "interrupted": cut}]
+        events: list[dict] = [{"type": "playback_finished", "position": round(position, 3), "interrupted": cut,
+                               "pts": self.played_samples // SAMPLES_PER_FRAME}]
         events += [{"type": "mark", "name": name} for s in pending for _, name in s.marks]
         self._queue.clear()
         self._current, self._offset = None, 0
@@ -121,5 +122,6 @@ class Playout:
         if not voiced and self.speaking:
             self.speaking = False
             position = (self.played_samples - self._utterance_start) / SAMPLE_RATE
-            return [{"type": "playback_finished", "position": round(position, 3), "interrupted": False}]
+            return [{"type": "playback_finished", "position": round(position, 3), "interrupted": False,
+                     "pts": self.played_samples // SAMPLES_PER_FRAME}]
         return []

@@ -48,6 +48,7 @@ class ServerState:
 
 
 STATE = web.AppKey("state", ServerState)
+REAPER = web.AppKey("reaper", asyncio.Task)
 
 
 # ------------------------------------------------------------------------------------------- middleware
@@ -236,11 +237,11 @@ async def _reaper(app: web.Application) -> None:
 
 
 async def _start_background(app: web.Application) -> None:
-    app["reaper"] = asyncio.create_task(_reaper(app))
+    app[REAPER] = asyncio.create_task(_reaper(app))
 
 
 async def _shutdown(app: web.Application) -> None:
-    app["reaper"].cancel()
+    app[REAPER].cancel()
     await app[STATE].registry.close_all("server shutting down")
 
 

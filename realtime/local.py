@@ -1,0 +1,44 @@
+"""A server on loopback inside the current event loop: for tests, benchmarks and embedding.
+
+    async with serve_local(avatar, ServerConfig(loopback_ice=True)) as server:
+        ...  # server.url is "http://127.0.0.1:<port>", server.state the ServerState
+"""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from engine.generate.avatar import Avatar
+from realtime.config import ServerConfig
+from realtime.server import STATE, ServerState, build_app
+
+
+@dataclass
+class LocalServer:
+    url: str
+    app: web.Application
+
+    @property
+    def state(self) -> ServerState:
+        return self.app[STATE]
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/ws"
+
+
+@asynccontextmanager
+async def serve_local(avatar: Avatar, config: ServerConfig = ServerConfig()) -> AsyncIterator[LocalServer]:
+    app = build_app(avatar, config)
+    runner = web.AppRunner(app, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield LocalServer(f"http://{config.host}:{port}", app)
+    finally:
+        await runner.cleanup()
