@@ -1,4 +1,8 @@
-"""SynthTalk portraits and motion: identities, the drawn mouth and eyes, masks, pose, determinism."""
+"""SynthTalk portraits and motion: identities, the drawn mouth and eyes, masks, pose, determinism, and the
+picture against a committed reference."""
+from dataclasses import fields
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -6,6 +10,7 @@ from engine.data.motion import FaceState, blinks, face_state, sample_motion
 from engine.data.portrait import IDENTITY_DIM, Identity, render
 
 SIZE = 96
+REFERENCE = Path(__file__).parent / "fixtures" / "portrait_reference.npz"
 
 
 def still(n=2, **over):
@@ -75,6 +80,39 @@ def test_identities_differ_and_rendering_is_deterministic():
     fa, fb = render(a, still(1), SIZE).frames, render(b, still(1), SIZE).frames
     assert np.abs(fa.astype(int) - fb.astype(int)).mean() > 5
     assert np.array_equal(fa, render(a, still(1), SIZE).frames)
+
+
+def _iou(a, b):
+    a, b = a > 127, b > 127
+    union = (a | b).sum((-2, -1))
+    return np.where(union > 0, (a & b).sum((-2, -1)) / np.maximum(union, 1), 1.0)
+
+
+def test_render_matches_the_committed_reference():
+    """The reference holds 5 identities (long hair, glasses, earrings, bokeh, a shirt collar) x 3 frames at
+    128x128: still and closed; wide open, half blinking and turned; another expression, rolled, eyes shut, the
+    mouth a thin slit. It was drawn by the whole-canvas renderer of commit 2279ec3, before parts were drawn in
+    boxes and warped in patches, which must not change the picture."""
+    ref = np.load(REFERENCE)
+    size = ref["frames"].shape[2]
+    for i, vector in enumerate(ref["identity"]):
+        state = FaceState(**{f.name: ref[f"state_{f.name}"][i] for f in fields(FaceState)})
+        out = render(Identity.from_vector(vector), state, size)
+        diff = np.abs(out.frames.astype(int) - ref["frames"][i])
+        assert diff.mean((1, 2, 3)).max() <= 1.0 and diff.max() <= 2, i  # the same picture, up to rounding
+        assert _iou(out.face_mask, ref["face_mask"][i]).min() >= 0.98, i
+        assert _iou(out.mouth_mask, ref["mouth_mask"][i]).min() >= 0.98, i
+        assert np.abs(out.mouth_open_px - ref["mouth_open_px"][i]).max() <= 1, i
+
+
+def test_batch_size_does_not_change_the_picture(person):
+    rng = np.random.default_rng(3)
+    motion = sample_motion(rng, 7, 25, np.ones(7, bool), 1)
+    state = face_state(rng.random(7), rng.random(7), rng.random(7), motion)
+    one, many = render(person, state, SIZE, batch=1), render(person, state, SIZE, batch=4)
+    assert np.abs(one.frames.astype(int) - many.frames.astype(int)).max() <= 1
+    assert (one.frames != many.frames).mean() < 1e-3
+    assert np.array_equal(one.mouth_open_px, many.mouth_open_px)
 
 
 def test_motion_blinks_and_speaking_moves_more():

@@ -3,9 +3,13 @@
 Shapes are signed-distance fields evaluated with torch on pixel grids (anti-aliased over one pixel) and
 composited as premultiplied RGBA. For speed a clip is rendered in layers: the background, the body and the
 parts of the head that do not move relative to it (ears, face with shading, nose, hair, glasses) are drawn
-once; per frame only the eyes (blinks, expression), brows and mouth are drawn, in small boxes, then the head
-is warped by the pose (roll, yaw, pitch as an affine warp with parallax for the inner features) and laid
-over the body. Coordinates: x right, y down, both in [-1, 1] over the image.
+once; per frame only the eyes (blinks, expression), brows and mouth are drawn, each in a box that bounds it.
+The head is warped by the pose (roll, yaw, pitch as an affine warp with parallax for the inner features)
+from the one static canvas for all frames of a batch, the patches of the image that can see an eye or the
+mouth are warped again from small per-frame canvases holding them, and the head is laid over the body, all
+inside the box the head can reach. Every shortcut is exact: the picture is what drawing and warping the
+whole canvas per frame gives (tests/fixtures/portrait_reference.npz holds frames of that renderer).
+Coordinates: x right, y down, both in [-1, 1] over the image.
 """
 from __future__ import annotations
 
@@ -181,9 +185,10 @@ def _body(ident: Identity, size: int, skin) -> torch.Tensor:
     return layer
 
 
-def _head(ident: Identity, size: int, skin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-    """Static head layers in head-local coordinates: behind (hair at the back), face (ears, skin, nose),
-    front (hair in front, glasses); and the feature geometry the per-frame parts need."""
+def _head(ident: Identity, size: int, skin) -> tuple[tuple, torch.Tensor, torch.Tensor, dict]:
+    """Static head layers in head-local coordinates: behind (hair at the back, one colour: that colour and its
+    coverage [S, S]), face (ears, skin, nose), front (hair in front, glasses); and the feature geometry the
+    per-frame parts need."""
     x, y = _grid(size)
     fw = 0.42 + 0.1 * ident.face_width
     fh = 0.58
@@ -194,10 +199,9 @@ def _head(ident: Identity, size: int, skin) -> tuple[torch.Tensor, torch.Tensor,
     hair = HAIR_COLOURS[ident.hair_colour]
     style = HAIR_STYLES[ident.hair_style]
     vol = 1 + 0.12 * ident.hair_volume
-    behind = torch.zeros(4, size, size)
+    behind = torch.zeros(size, size)
     if style == "long":
-        behind = over(behind, _tone(hair, 0.8), cover(torch.maximum(ellipse(x, y, 0, cy + 0.25, fw * 1.35 * vol, 0.85),
-                                                                     y - 0.75), size))
+        behind = cover(torch.maximum(ellipse(x, y, 0, cy + 0.25, fw * 1.35 * vol, 0.85), y - 0.75), size)
     # face outline: an ellipse whose half-width narrows towards the chin
     yy = ((y - cy) / fh).clamp(-1, 1)
     half_w = fw * (1 - (0.18 + 0.22 * ident.jaw) * yy.clamp(min=0) ** 2)
@@ -255,10 +259,16 @@ def _head(ident: Identity, size: int, skin) -> tuple[torch.Tensor, torch.Tensor,
     if ident.earrings:
         for s in (-1, 1):
             front = over(front, (0.95, 0.8, 0.3), cover(ellipse(x, y, s * fw * 0.98, cy + 0.12, 0.022, 0.022), size))
-    return behind, face, front, g
+    return (_tone(hair, 0.8), behind), face, front, g
 
 
 # ----------------------------------------------------------------------------- per-frame parts
+#
+# The eyes and the mouth change every frame, so they are drawn only inside boxes that bound them. A shape of
+# signed distance d covers nothing where d >= 1/size (half a pixel; see `cover`), so a box is the shape's
+# extent grown by that reach and by the frames' parallax shifts, plus a pixel, and clipped to the part's
+# fixed frame in the head (features that slide past it are cut there). Outside its box a part is exactly
+# zero, so boxes change no pixel.
 
 EXPR_BROW = {0: (0.0, 0.0), 1: (0.02, 0.0), 2: (0.01, 0.06), 3: (0.07, 0.0), 4: (-0.03, -0.08)}  # raise, tilt
 EXPR_EYE = {0: 1.0, 1: 0.8, 2: 0.9, 3: 1.3, 4: 0.85}  # eye opening
@@ -268,89 +278,201 @@ EXPR_OPEN = {0: 0.0, 1: 0.05, 2: 0.0, 3: 0.25, 4: 0.0}  # extra jaw drop
 
 PARALLAX = (0.3, 0.25)  # inner features move this far (head-local units per radian of yaw, pitch) past the outline
 
-
-def _shifted_grid(size: int, box, state: FaceState) -> tuple[torch.Tensor, torch.Tensor]:
-    """Box grid per frame [T, h, w], moved against the parallax shift so the features slide with yaw/pitch."""
-    x, y = _grid(size, box)
-    dx = torch.as_tensor(state.yaw, dtype=torch.float32)[:, None, None] * PARALLAX[0]
-    dy = torch.as_tensor(state.pitch, dtype=torch.float32)[:, None, None] * PARALLAX[1]
-    return x - dx, y - dy
+Box = tuple[slice, slice]  # rows, cols of a size×size canvas
 
 
-def _eyes(ident: Identity, g: dict, size: int, state: FaceState, skin) -> tuple[torch.Tensor, tuple]:
-    box = (-g["eye_dx"] - 0.22, g["eye_dx"] + 0.22, g["eye_y"] - 0.28, g["eye_y"] + 0.16)
-    x, y = _shifted_grid(size, box, state)
+def _centres(size: int) -> torch.Tensor:
+    """Pixel-centre coordinates along either axis [size], the values `_grid` uses."""
+    step = 2 / size
+    return torch.arange(size) * step - 1 + step / 2
+
+
+def _span(lo: float, hi: float, size: int, within: slice) -> slice:
+    """Indices of the pixels whose centres may lie in [lo, hi], one more on each side, clipped to `within`."""
+    step = 2 / size
+    start = max(int(np.floor((lo + 1) / step - 0.5)) - 1, within.start)
+    stop = min(int(np.ceil((hi + 1) / step - 0.5)) + 2, within.stop)
+    return slice(start, max(stop, start))
+
+
+def _union(a: Box, b: Box) -> Box:
+    return (slice(min(a[0].start, b[0].start), max(a[0].stop, b[0].stop)),
+            slice(min(a[1].start, b[1].start), max(a[1].stop, b[1].stop)))
+
+
+def _union_all(boxes: list[Box]) -> Box:
+    out = boxes[0]
+    for box in boxes[1:]:
+        out = _union(out, box)
+    return out
+
+
+def _clip(box: Box, outer: Box) -> Box:
+    rows = slice(max(box[0].start, outer[0].start), min(box[0].stop, outer[0].stop))
+    cols = slice(max(box[1].start, outer[1].start), min(box[1].stop, outer[1].stop))
+    return slice(rows.start, max(rows.stop, rows.start)), slice(cols.start, max(cols.stop, cols.start))
+
+
+def _meets(a: Box, b: Box) -> bool:
+    return not _empty(_clip(a, b))
+
+
+def _within(box: Box, outer: Box) -> Box:
+    """box in the coordinates of outer, which contains it."""
+    return (slice(box[0].start - outer[0].start, box[0].stop - outer[0].start),
+            slice(box[1].start - outer[1].start, box[1].stop - outer[1].start))
+
+
+def _empty(box: Box) -> bool:
+    return box[0].stop <= box[0].start or box[1].stop <= box[1].start
+
+
+class _Shift:
+    """The frames' parallax shifts: per frame [T, 1, 1] tensors and their ranges, for boxes."""
+
+    def __init__(self, state: FaceState):
+        self.dx = torch.as_tensor(state.yaw, dtype=torch.float32)[:, None, None] * PARALLAX[0]
+        self.dy = torch.as_tensor(state.pitch, dtype=torch.float32)[:, None, None] * PARALLAX[1]
+        self.x_range = (float(self.dx.min()), float(self.dx.max()))
+        self.y_range = (float(self.dy.min()), float(self.dy.max()))
+
+    def box(self, x0: float, x1: float, y0: float, y1: float, size: int, within: Box) -> Box:
+        """Pixels a shape within (x0, x1, y0, y1) in shifted coordinates may touch in any frame."""
+        return (_span(y0 + self.y_range[0], y1 + self.y_range[1], size, within[0]),
+                _span(x0 + self.x_range[0], x1 + self.x_range[1], size, within[1]))
+
+    def grid(self, xs: torch.Tensor, box: Box) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shifted coordinates of the box's pixel centres: x [T, 1, w], y [T, h, 1] (broadcast to [T, h, w])."""
+        return xs[box[1]][None, None, :] - self.dx, xs[box[0]][None, :, None] - self.dy
+
+
+def _per_frame(table: dict, expression: np.ndarray, column: int | None = None) -> torch.Tensor:
+    values = [table[int(e)] if column is None else table[int(e)][column] for e in expression]
+    return torch.tensor(values)[:, None, None]
+
+
+def _eyes(ident: Identity, g: dict, size: int, state: FaceState, skin, xs: torch.Tensor,
+          shift: _Shift) -> list[tuple[torch.Tensor, Box]]:
+    """Eyes with lids and brows for T frames: premultiplied RGBA layers [T, 4, h, w] and the head-canvas boxes
+    they fill (one per eye, or one for both where their boxes meet)."""
+    frame = _box_slices(size, (-g["eye_dx"] - 0.22, g["eye_dx"] + 0.22, g["eye_y"] - 0.28, g["eye_y"] + 0.16))
     T = len(state.blink)
-    expr = torch.tensor([EXPR_EYE[int(e)] for e in state.expression])[:, None, None]
     strength = torch.as_tensor(state.expression_strength, dtype=torch.float32)[:, None, None]
-    opening = 1 + (expr - 1) * strength
+    opening = 1 + (_per_frame(EXPR_EYE, state.expression) - 1) * strength
     blink = torch.as_tensor(state.blink, dtype=torch.float32)[:, None, None]
-    layer = torch.zeros(T, 4, *x.shape[1:])
-    r = g["eye_r"]
-    brow_raise = torch.tensor([EXPR_BROW[int(e)][0] for e in state.expression])[:, None, None] * strength
-    brow_tilt = torch.tensor([EXPR_BROW[int(e)][1] for e in state.expression])[:, None, None] * strength
+    brow_raise = _per_frame(EXPR_BROW, state.expression, 0) * strength
+    brow_tilt = _per_frame(EXPR_BROW, state.expression, 1) * strength
     hair = HAIR_COLOURS[ident.hair_colour]
+    r, cy = g["eye_r"], g["eye_y"]
+    ry = r * 0.62 * opening  # [T, 1, 1]
+    # extents about the eye centre: the socket shadow (almond grown by 0.006) bounds the eye; the brow arc
+    reach = 1 / size
+    ry_n = ry.flatten().double().numpy()
+    k = 1 + (0.006 + reach) / np.minimum(r * 1.25, ry_n)
+    ex, ey = float((r * 1.25 * k).max()), float((ry_n * k).max())
+    thick = 0.008 + 0.012 * ident.brow_thickness
+    kb = 1 + (thick + reach) / min(r * 1.6, 0.06)
+    bw = r * 1.5 + reach
+    b0 = cy - r * 1.9 - brow_raise.flatten().double().numpy()
+    tilt = np.abs(brow_tilt.flatten().double().numpy()) * bw
+    brow_y = (float((b0 - tilt).min()) + 0.04 - 0.06 * kb, float((b0 + tilt).max()) + reach)
+    parts = []
     for s in (-1, 1):
-        cx, cy = s * g["eye_dx"], g["eye_y"]
-        ry = r * 0.62 * opening
-        almond = ellipse(x, y, cx, cy, r * 1.25, ry)
-        lid = cy - ry + 2 * ry * blink  # the upper lid comes down as the eye closes
-        visible = torch.maximum(almond, lid - y)
-        layer = over(layer, _tone(skin, 0.8), cover(almond - 0.006, size))  # eye socket shadow
-        layer = over(layer, (0.96, 0.96, 0.94), cover(visible, size))
-        iris = torch.maximum(ellipse(x, y, cx, cy, r * 0.62, r * 0.62), visible)
-        layer = over(layer, EYE_COLOURS[ident.eye_colour], cover(iris, size))
-        pupil = torch.maximum(ellipse(x, y, cx, cy, r * 0.28, r * 0.28), visible)
-        layer = over(layer, (0.02, 0.02, 0.02), cover(pupil, size))
-        glint = torch.maximum(ellipse(x, y, cx - r * 0.2, cy - r * 0.2, r * 0.1, r * 0.1), visible)
-        layer = over(layer, (1.0, 1.0, 1.0), cover(glint, size))
-        lid_skin = torch.maximum(almond, y - lid)  # the lid itself, skin coloured, above the line
-        layer = over(layer, _tone(skin, 0.92), cover(lid_skin, size))
-        lash = torch.maximum(almond - 0.004, (y - lid).abs() - 0.006)
-        layer = over(layer, (0.08, 0.06, 0.05), cover(lash, size))
-        # brow: a thick arc above the eye, raised and tilted by the expression
-        by = cy - r * 1.9 - brow_raise + brow_tilt * (x - cx) * s * -1
-        arc = torch.maximum(ellipse(x, y, cx, by + 0.04, r * 1.6, 0.06).abs() - (0.008 + 0.012 * ident.brow_thickness),
-                            y - by - 0.0)
-        arc = torch.maximum(arc, (x - cx).abs() - r * 1.5)
-        layer = over(layer, _tone(hair, 0.7), cover(arc, size))
-    return layer, _box_slices(size, box)
+        cx = s * g["eye_dx"]
+        eye = shift.box(cx - ex, cx + ex, cy - ey, cy + ey, size, frame)
+        brow = shift.box(cx - bw, cx + bw, *brow_y, size, frame)
+        parts.append((s, eye, brow))
+    boxes = [_union(p[1], p[2]) for p in parts]
+    if boxes[0][1].stop > boxes[1][1].start:  # the eyes' boxes meet: draw both in one layer, in order
+        boxes = [_union(*boxes)]
+        groups = [parts]
+    else:
+        groups = [[p] for p in parts]
+    out = []
+    for box, group in zip(boxes, groups):
+        layer = torch.zeros(T, 4, box[0].stop - box[0].start, box[1].stop - box[1].start)
+        for s, eye, brow in group:
+            cx = s * g["eye_dx"]
+            if not _empty(eye):
+                x, y = shift.grid(xs, eye)
+                view = layer[(slice(None), slice(None)) + _within(eye, box)]
+                almond = ellipse(x, y, cx, cy, r * 1.25, ry)
+                lid = cy - ry + 2 * ry * blink  # the upper lid comes down as the eye closes
+                visible = torch.maximum(almond, lid - y)
+                over(view, _tone(skin, 0.8), cover(almond - 0.006, size))  # eye socket shadow
+                over(view, (0.96, 0.96, 0.94), cover(visible, size))
+                iris = torch.maximum(ellipse(x, y, cx, cy, r * 0.62, r * 0.62), visible)
+                over(view, EYE_COLOURS[ident.eye_colour], cover(iris, size))
+                pupil = torch.maximum(ellipse(x, y, cx, cy, r * 0.28, r * 0.28), visible)
+                over(view, (0.02, 0.02, 0.02), cover(pupil, size))
+                glint = torch.maximum(ellipse(x, y, cx - r * 0.2, cy - r * 0.2, r * 0.1, r * 0.1), visible)
+                over(view, (1.0, 1.0, 1.0), cover(glint, size))
+                lid_skin = torch.maximum(almond, y - lid)  # the lid itself, skin coloured, above the line
+                over(view, _tone(skin, 0.92), cover(lid_skin, size))
+                lash = torch.maximum(almond - 0.004, (y - lid).abs() - 0.006)
+                over(view, (0.08, 0.06, 0.05), cover(lash, size))
+            if not _empty(brow):
+                # brow: a thick arc above the eye, raised and tilted by the expression
+                x, y = shift.grid(xs, brow)
+                view = layer[(slice(None), slice(None)) + _within(brow, box)]
+                by = cy - r * 1.9 - brow_raise + brow_tilt * (x - cx) * s * -1
+                arc = torch.maximum(ellipse(x, y, cx, by + 0.04, r * 1.6, 0.06).abs() - thick, y - by - 0.0)
+                arc = torch.maximum(arc, (x - cx).abs() - r * 1.5)
+                over(view, _tone(hair, 0.7), cover(arc, size))
+        out.append((layer, box))
+    return out
 
 
-def _mouth(ident: Identity, g: dict, size: int, state: FaceState, skin) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+def _mouth(ident: Identity, g: dict, size: int, state: FaceState, skin, xs: torch.Tensor,
+           shift: _Shift) -> tuple[torch.Tensor, torch.Tensor, Box]:
+    """Lips, cavity, teeth and tongue for T frames: the RGBA layer [T, 4, h, w], the ground truth [T, 2, h, w]
+    (cavity coverage, mouth coverage) and the head-canvas box they fill."""
     w0, my, lip = g["mouth_w"], g["mouth_y"], g["lip"]
-    box = (-w0 * 1.9 - 0.08, w0 * 1.9 + 0.08, my - 0.18, my + 0.26)
-    x, y = _shifted_grid(size, box, state)
+    frame = _box_slices(size, (-w0 * 1.9 - 0.08, w0 * 1.9 + 0.08, my - 0.18, my + 0.26))
     expr = state.expression
     strength = torch.as_tensor(state.expression_strength, dtype=torch.float32)[:, None, None]
-    smile = torch.tensor([EXPR_SMILE[int(e)] for e in expr])[:, None, None] * strength
-    jaw = torch.tensor([EXPR_OPEN[int(e)] for e in expr])[:, None, None] * strength
+    smile = _per_frame(EXPR_SMILE, expr) * strength
+    jaw = _per_frame(EXPR_OPEN, expr) * strength
     op = (torch.as_tensor(state.mouth_open, dtype=torch.float32)[:, None, None] + jaw).clamp(0, 1)
     wd = torch.as_tensor(state.mouth_width, dtype=torch.float32)[:, None, None]
     rd = torch.as_tensor(state.mouth_round, dtype=torch.float32)[:, None, None]
     half_w = w0 * (0.75 + 0.6 * wd + 0.15 * smile.clamp(min=0)) * (1 - 0.35 * rd)
     gap = 0.13 * op  # the opening, top to bottom
+    outer_ry = gap / 2 + lip * (1 + 0.3 * rd)
+    # the lips' outline bounds every part but the cavity, whose edge reaches far past the lips when it is a
+    # thin slit (its distance is scaled by its tiny height); the corners bend by 0.06 (x/half_w)^2 with a smile
+    hw, ro, sm, gp = (t.flatten().double().numpy() for t in (half_w, outer_ry, smile, gap))
+    reach = 1 / size
+    k = 1 + reach / np.minimum(hw, ro)
+    rc = gp / 2 + 1e-4
+    kc = np.where(gp > 0.004, 1 + reach / np.minimum(hw * 0.86, rc), 0)
+    ext_x = np.maximum(hw * k, hw * 0.86 * kc)
+    ext_y = np.maximum(ro * k, rc * kc)
+    bend = sm * 0.06 * (ext_x / hw) ** 2
+    ex = float(ext_x.max())
+    up, down = float((ext_y + np.maximum(bend, 0)).max()), float((ext_y + np.maximum(-bend, 0)).max())
+    box = shift.box(-ex, ex, my - up, my + down, size, frame)
+    x, y = shift.grid(xs, box)
     yc = y - my + smile * 0.06 * (x / half_w) ** 2  # corners up for a smile, down for a frown
     T = len(state.mouth_open)
-    layer = torch.zeros(T, 4, *x.shape[1:])
+    layer = torch.zeros(T, 4, box[0].stop - box[0].start, box[1].stop - box[1].start)
     tint = ident.lip_tint
     lip_colour = tuple(float(c) for c in np.clip(np.array(_tone(skin, 0.78)) * (1 - 0.4 * tint)
                                                   + np.array([0.75, 0.25, 0.3]) * 0.4 * tint, 0, 1))
-    outer = ellipse(x, yc, 0, 0, half_w, gap / 2 + lip * (1 + 0.3 * rd))
-    layer = over(layer, lip_colour, cover(outer, size))
+    outer = ellipse(x, yc, 0, 0, half_w, outer_ry)
+    over(layer, lip_colour, cover(outer, size))
     cavity = ellipse(x, yc, 0, 0, half_w * 0.86, gap / 2 + 1e-4)
     cav = cover(cavity, size) * (gap > 0.004).float()
-    layer = over(layer, (0.25, 0.05, 0.07), cav)
+    over(layer, (0.25, 0.05, 0.07), cav)
     teeth_top = torch.maximum(cavity, yc - (-gap / 2 + 0.02 * op.clamp(max=0.6) / 0.6 + 0.004))
-    layer = over(layer, (0.97, 0.96, 0.92), cover(teeth_top, size) * (op > 0.12).float())
+    over(layer, (0.97, 0.96, 0.92), cover(teeth_top, size) * (op > 0.12).float())
     teeth_low = torch.maximum(cavity, (gap / 2 - 0.012) - yc)
-    layer = over(layer, (0.93, 0.92, 0.88), cover(teeth_low, size) * (op > 0.35).float())
+    over(layer, (0.93, 0.92, 0.88), cover(teeth_low, size) * (op > 0.35).float())
     tongue = torch.maximum(ellipse(x, yc, 0, gap / 2, half_w * 0.5, gap * 0.35 + 1e-4), cavity)
-    layer = over(layer, (0.75, 0.3, 0.35), cover(tongue, size) * (op > 0.2).float())
+    over(layer, (0.75, 0.3, 0.35), cover(tongue, size) * (op > 0.2).float())
     line = torch.maximum(outer, yc.abs() - 0.004)  # the dark line between closed lips
-    layer = over(layer, _tone(lip_colour, 0.55), cover(line, size) * (gap <= 0.02).float())
-    mouth_alpha = layer[:, 3]
-    return layer, torch.stack([cav, mouth_alpha], 1), _box_slices(size, box)
+    over(layer, _tone(lip_colour, 0.55), cover(line, size) * (gap <= 0.02).float())
+    return layer, torch.stack([cav.expand(T, *layer.shape[2:]), layer[:, 3]], 1), box
 
 
 # ----------------------------------------------------------------------------- render a clip
@@ -367,26 +489,51 @@ class RenderOutput:
 HEAD_SCALE, HEAD_DY = 1.12, 0.1  # the head is drawn at unit scale, then enlarged and lowered onto the body
 
 
-def _pose_grid(state: FaceState, size: int) -> torch.Tensor:
-    """Sampling grid [T, S, S, 2] mapping image pixels to head-local coordinates (the inverse of the pose:
-    roll about the neck, yaw and pitch as foreshortening and a shift, then the head's scale and place)."""
-    T = len(state.yaw)
-    roll = torch.as_tensor(state.roll, dtype=torch.float32)
-    yaw = torch.as_tensor(state.yaw, dtype=torch.float32)
-    pitch = torch.as_tensor(state.pitch, dtype=torch.float32)
-    tx = torch.as_tensor(state.tx, dtype=torch.float32) * 2
-    ty = torch.as_tensor(state.ty, dtype=torch.float32) * 2 + HEAD_DY
-    sx = (1 - 0.25 * yaw.abs()) * HEAD_SCALE
-    sy = (1 - 0.15 * pitch.abs()) * HEAD_SCALE
-    c, s = torch.cos(roll), torch.sin(roll)
+def _pose(state: FaceState) -> np.ndarray:
+    """Affine maps [T, 2, 3] from image to head-local coordinates, float64 (the inverse of the pose: roll about
+    the neck, yaw and pitch as foreshortening and a shift, then the head's scale and place)."""
+    roll, yaw, pitch = (np.asarray(v, np.float64) for v in (state.roll, state.yaw, state.pitch))
+    tx = np.asarray(state.tx, np.float64) * 2
+    ty = np.asarray(state.ty, np.float64) * 2 + HEAD_DY
+    sx = (1 - 0.25 * np.abs(yaw)) * HEAD_SCALE
+    sy = (1 - 0.15 * np.abs(pitch)) * HEAD_SCALE
+    c, s = np.cos(roll), np.sin(roll)
     pivot = 0.45  # the head turns about the neck
-    theta = torch.zeros(T, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1] = c / sx, s / sx
-    theta[:, 1, 0], theta[:, 1, 1] = -s / sy, c / sy
     # x_local = S^-1 R^-1 (x_img - t - p) + p, with p = (0, pivot)
-    theta[:, 0, 2] = (-(c * tx) - s * (ty + pivot)) / sx
-    theta[:, 1, 2] = (s * tx - c * (ty + pivot)) / sy + pivot
-    return F.affine_grid(theta, [T, 1, size, size], align_corners=False)
+    return np.stack([np.stack([c / sx, s / sx, (-(c * tx) - s * (ty + pivot)) / sx], -1),
+                     np.stack([-s / sy, c / sy, (s * tx - c * (ty + pivot)) / sy + pivot], -1)], -2)
+
+
+def _carry(box: Box, A: np.ndarray, b: np.ndarray, size: int, within: Box) -> Box:
+    """Pixels (within `within`) near the image of box, grown by a pixel, under p -> A p + b of every frame
+    (A [T, 2, 2], b [T, 2, 1], in normalised coordinates)."""
+    step = 2 / size
+    x = np.array([box[1].start - 1, box[1].stop + 1] * 2) * step - 1
+    y = np.array([box[0].start - 1] * 2 + [box[0].stop + 1] * 2) * step - 1
+    p = A @ np.stack([x, y])[None] + b  # [T, 2, 4]
+    return (_span(p[:, 1].min(), p[:, 1].max(), size, within[0]),
+            _span(p[:, 0].min(), p[:, 0].max(), size, within[1]))
+
+
+def _sample(src: torch.Tensor, at: Box, out: Box, theta: np.ndarray, size: int, xs: torch.Tensor) -> torch.Tensor:
+    """The pose warp (bilinear, zero outside; theta [T, 2, 3] from `_pose`) of a head-canvas box `at` holding
+    src [T or 1, C, h, w], at the pixels of image box `out`: [T, C, H, W]. It samples exactly where
+    grid_sample over the whole canvas would."""
+    T = len(theta)
+    h, w = at[0].stop - at[0].start, at[1].stop - at[1].start
+    # grid_sample's coordinates inside `at` (align_corners=False): u = ((g + 1) * size - 2 * start) / extent - 1
+    scale = np.array([size / w, size / h])[None, :, None]  # [1, 2, 1]
+    coef = theta * scale
+    coef[:, :, 2] = (theta[:, :, 2] + 1) * scale[:, :, 0] - 2 * np.array([at[1].start / w, at[0].start / h]) - 1
+    c = torch.from_numpy(coef).float()[:, None, None]  # [T, 1, 1, 2, 3]
+    X, Y = xs[out[1]][None, None, :, None], xs[out[0]][None, :, None, None]
+    grid = (c[..., 1] * Y + c[..., 2]) + c[..., 0] * X  # [T, H, W, 2]
+    if len(src) == 1 and T > 1:  # one canvas for all frames: sample it once with the frames' grids stacked
+        H, W = grid.shape[1:3]
+        one = F.grid_sample(src, grid.view(1, T * H, W, 2), mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
+        return one.view(src.shape[1], T, H, W).transpose(0, 1)
+    return F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def _over_premultiplied(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
@@ -394,43 +541,108 @@ def _over_premultiplied(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     return src + dst * (1 - src[..., 3:4, :, :])
 
 
+def _u8(a: torch.Tensor, scratch: bool = False) -> torch.Tensor:
+    """[0, 1] to uint8, rounding; in place when a is a scratch tensor."""
+    a = a.clamp_(0, 1) if scratch else a.clamp(0, 1)
+    return a.mul_(255).round_().to(torch.uint8)
+
+
+def _extent(drawn: torch.Tensor) -> slice:
+    idx = torch.nonzero(drawn).flatten()
+    return slice(int(idx[0]), int(idx[-1]) + 1) if len(idx) else slice(0, 0)
+
+
 def render(identity: Identity, state: FaceState, size: int, batch: int = 16) -> RenderOutput:
     """Render a clip of len(state) frames at size×size, `batch` frames at a time."""
     skin = _tone(SKIN_TONES[identity.skin], 1 + 0.06 * identity.skin_jitter)
     background = _background(identity, size)
     body = _body(identity, size, skin)
-    behind, face, front, g = _head(identity, size, skin)
-    static_head = _over_premultiplied(face, front)
-    long_hair = bool(behind[3].any())
-    backdrop = background[:3] if long_hair else _over_premultiplied(background, body)[:3]
-    outs = []
-    for start in range(0, len(state), batch):
+    (behind_rgb, behind), face, front, g = _head(identity, size, skin)
+    long_hair = bool(behind.any())
+    backdrop = _over_premultiplied(background, body)[:3]  # the picture wherever the head is not
+    # head-local canvas: RGBA of the whole head, face alpha, and the coverage of long hair behind (5 or 6
+    # channels), cut to the box where anything is drawn (the canvas is zero around it)
+    canvas = torch.cat([_over_premultiplied(face, front), face[3:4]] + ([behind[None]] if long_hair else []))
+    drawn = canvas[3] > 0
+    if long_hair:
+        drawn |= behind > 0
+    head_box = (_extent(drawn.any(1)), _extent(drawn.any(0)))
+    canvas = canvas[(slice(None),) + head_box]
+    xs = _centres(size)
+    whole = (slice(0, size), slice(0, size))
+    theta = _pose(state)
+    n = len(state)
+    frames = np.empty((n, size, size, 3), np.uint8)
+    frames[:] = _u8(backdrop).permute(1, 2, 0).numpy()
+    face_mask = np.zeros((n, size, size), np.uint8)
+    mouth_mask = np.zeros((n, size, size), np.uint8)
+    open_px = torch.zeros(n)
+    for start in range(0, n, batch):
         part = state.slice(start, start + batch)
-        T = len(part)
-        eyes, eye_box = _eyes(identity, g, size, part, skin)
-        mouth, mouth_gt, mouth_box = _mouth(identity, g, size, part, skin)
-        # head-local canvas per frame: RGBA of the whole head, then face alpha, cavity, mouth (7 channels)
-        local = torch.cat([static_head, face[3:4], torch.zeros(2, size, size)])[None].repeat(T, 1, 1, 1)
-        for layer, box in ((eyes, eye_box), (mouth, mouth_box)):
-            on_face = layer * face[3:4, box[0], box[1]]  # features never leave the skin
-            under = _over_premultiplied(face[:, box[0], box[1]], on_face)
-            local[:, :4, box[0], box[1]] = _over_premultiplied(under, front[:, box[0], box[1]].expand(T, -1, -1, -1))
-        local[:, 5:7, mouth_box[0], mouth_box[1]] = mouth_gt * face[3:4, mouth_box[0], mouth_box[1]]
-        if long_hair:
-            local = torch.cat([local, behind[None].expand(T, -1, -1, -1)], 1)
-        warped = F.grid_sample(local, _pose_grid(part, size), mode="bilinear", padding_mode="zeros",
-                               align_corners=False)
-        img = backdrop[None]
-        if long_hair:
-            img = _over_premultiplied(torch.cat([img.expand(T, -1, -1, -1), torch.ones(T, 1, size, size)], 1),
-                                      warped[:, 7:11])
-            img = _over_premultiplied(img, body[None])[:, :3]
-        img = warped[:, :3] + img * (1 - warped[:, 3:4])
-        outs.append((img, warped[:, 4:7]))
-    img = torch.cat([o[0] for o in outs])
-    gt = torch.cat([o[1] for o in outs])
-    frames = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    open_px = (gt[:, 1] > 0.5).float().sum(1).amax(1)  # tallest column of the drawn cavity
+        T, th, shift = len(part), theta[start:start + batch], _Shift(part)
+        A = np.linalg.inv(th[:, :, :2])
+        b = -A @ th[:, :, 2:]  # image from head-local coordinates
+        # the head as drawn without eyes and mouth, warped once for all frames
+        out = _carry(head_box, A, b, size, whole)
+        if _empty(head_box) or _empty(out):
+            continue
+        warped = _sample(canvas[None], head_box, out, th, size, xs)  # [T, C, H, W]
+        # the frame's eyes and mouth, laid on the face under the front hair and glasses, in boxes; each patch of
+        # the warped head that can see a box is sampled again from a canvas box holding it (patches that would
+        # see each other's features are merged, so every sample reads the right canvas)
+        mouth, mouth_gt, mouth_box = _mouth(identity, g, size, part, skin, xs, shift)
+        features = []
+        for layer, box, gt in [(lay, box, None) for lay, box in _eyes(identity, g, size, part, skin, xs, shift)] \
+                + [(mouth, mouth_box, mouth_gt)]:
+            inside = _clip(box, head_box)
+            if _empty(inside):
+                continue
+            cut = (slice(None), slice(None)) + _within(inside, box)
+            fa = face[(slice(3, 4),) + inside]
+            on_face = layer[cut] * fa  # features never leave the skin
+            under = _over_premultiplied(face[(slice(None),) + inside], on_face)
+            comp = _over_premultiplied(under, front[(slice(None),) + inside])
+            features.append((inside, comp, None if gt is None else gt[cut] * fa))
+        patches = [[f] for f in features]
+        while True:
+            sources = []
+            for p in patches:
+                seen = _carry(_union_all([f[0] for f in p]), A, b, size, out)
+                sources.append((seen, _carry(seen, th[:, :, :2], th[:, :, 2:], size, head_box)))
+            meet = [(i, j) for i in range(len(patches)) for j in range(i) if _meets(sources[i][1], sources[j][1])]
+            if not meet:
+                break
+            i, j = meet[0]
+            patches[j] += patches.pop(i)
+        for p, (seen, source) in zip(patches, sources):
+            if _empty(seen) or _empty(source):
+                continue
+            gts = [f for f in p if f[2] is not None]
+            src = canvas[(slice(0, 4),) + _within(source, head_box)][None].repeat(T, 1, 1, 1)
+            if gts:
+                src = torch.cat([src, src.new_zeros(T, 2, *src.shape[2:])], 1)
+            for inside, comp, gt in p:
+                at = (slice(None), slice(0, 4)) + _within(inside, source)
+                src[at] = comp
+                if gt is not None:
+                    src[(slice(None), slice(4, 6)) + at[2:]] = gt
+            patch = _sample(src, source, seen, th, size, xs)
+            rel = _within(seen, out)
+            warped[(slice(None), slice(0, 4)) + rel] = patch[:, :4]
+            if gts:
+                mouth_mask[start:start + T, seen[0], seen[1]] = _u8(patch[:, 5]).numpy()
+                open_px[start:start + T] = (patch[:, 4] > 0.5).float().sum(1).amax(1)  # tallest cavity column
+        head = warped[:, :4]
+        if long_hair:  # hair behind the head (one colour, so its warp is the colour times the warped coverage),
+            # then the body, then the head
+            cov = warped[:, 5:6]
+            hair = torch.tensor(behind_rgb)[:, None, None] * cov + background[(None, slice(0, 3)) + out] * (1 - cov)
+            base = body[(None, slice(0, 3)) + out] + hair * (1 - body[(None, slice(3, 4)) + out])
+        else:
+            base = backdrop[(None, slice(None)) + out]
+        img = base * (1 - head[:, 3:4])
+        img += head[:, :3]
+        frames[start:start + T, out[0], out[1]] = _u8(img, scratch=True).permute(0, 2, 3, 1).numpy()
+        face_mask[start:start + T, out[0], out[1]] = _u8(warped[:, 4]).numpy()
     face_h = g["face_h"] * HEAD_SCALE * size
-    to_u8 = lambda a: (a.clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # noqa: E731
-    return RenderOutput(frames, to_u8(gt[:, 0]), to_u8(gt[:, 2]), open_px.numpy(), (open_px / face_h).numpy())
+    return RenderOutput(frames, face_mask, mouth_mask, open_px.numpy(), (open_px / face_h).numpy())
