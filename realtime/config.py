@@ -52,6 +52,7 @@ class ServerConfig:
     max_uploads: int = 16  # uploaded portraits kept in memory (oldest dropped first)
     image_limits: ImageLimits = field(default_factory=ImageLimits)
     resume_grace_s: float = 10.0  # a websocket session waits this long for its client to re-attach
+    connect_timeout_s: float = 15.0  # a WebRTC caller that has not connected by then loses its slot
     retry_after_s: int = 5  # the Retry-After of a 503 when every slot is taken
     loopback_ice: bool = False  # gather ICE candidates on 127.0.0.1 only (tests, single-host set-ups)
     session: SessionConfig = field(default_factory=SessionConfig)

@@ -46,7 +46,9 @@ class Entry:
                 task.cancel()
         await self.session.close(reason)
         if self.pc is not None:
-            await self.pc.close()
+            from realtime.webrtc import close_quietly
+
+            await close_quietly(self.pc)
         await asyncio.gather(*(t for t in self.tasks if t is not current), return_exceptions=True)
 
 

@@ -31,7 +31,8 @@ from realtime.config import ServerConfig
 from realtime.errors import (BadOffer, Forbidden, NotFound, RealtimeError, TooLarge, Unauthorized,
                              WrongContentType)
 from realtime.registry import Entry, Portraits, Registry, open_session
-from realtime.webrtc import AvatarAudioTrack, AvatarVideoTrack, WebRTCSink, answer, ingest, peer_connection
+from realtime.webrtc import (AvatarAudioTrack, AvatarVideoTrack, WebRTCSink, answer, close_quietly, ingest,
+                             peer_connection)
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -84,10 +85,15 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it passes `limit` (chunked bodies included)."""
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"body of {request.content_length} bytes exceeds the limit of {limit}")
-    data = await request.content.read(limit + 1)
-    if len(data) > limit:
-        raise TooLarge(f"body exceeds the limit of {limit} bytes")
-    return data
+    parts, size = [], 0
+    while True:
+        part = await request.content.read(64 * 1024)
+        if not part:
+            return b"".join(parts)
+        size += len(part)
+        if size > limit:
+            raise TooLarge(f"body exceeds the limit of {limit} bytes")
+        parts.append(part)
 
 
 # ------------------------------------------------------------------------------------------- handlers
@@ -161,7 +167,7 @@ async def _call(state: ServerState, sdp: str, kind: str, portrait: str | None, s
         session = await open_session(state.avatar, state.portraits, state.config, portrait, live=True, steps=steps)
     except BaseException:
         state.registry.cancel()
-        await pc.close()
+        await close_quietly(pc)
         raise
     entry = Entry(session, entry_kind, pc=pc)
     state.registry.add(entry)
@@ -177,6 +183,12 @@ async def _call(state: ServerState, sdp: str, kind: str, portrait: str | None, s
         if pc.connectionState in ("failed", "closed"):
             await entry.end(f"peer connection {pc.connectionState}")
 
+    async def _connect_deadline() -> None:  # an answer nobody uses must not hold a slot until ICE gives up
+        await asyncio.sleep(state.config.connect_timeout_s)
+        if pc.connectionState != "connected":
+            await entry.end("the caller never connected")
+
+    entry.tasks.append(asyncio.create_task(_connect_deadline()))
     return entry, answer_sdp
 
 

@@ -38,6 +38,15 @@ def use_loopback_ice() -> None:
     aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"]
 
 
+async def close_quietly(pc: RTCPeerConnection) -> None:
+    """Close a peer connection that may be half set up: aiortc's close() itself raises after some failed
+    setRemoteDescription calls (a transceiver without a transport), and that must not turn a 400 into a 500."""
+    try:
+        await pc.close()
+    except Exception as err:  # noqa: BLE001
+        log.debug("closing a half-built peer connection: %r", err)
+
+
 class _Latest(asyncio.Queue):
     """A bounded queue that drops its oldest item when full: a slow encoder sees fresh frames, not old ones."""
 
