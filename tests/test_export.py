@@ -213,7 +213,7 @@ def test_onnxruntime_decoders_match_torch_stream():
 def test_bundle_refuses_other_weights_and_other_shapes():
     from exporters.onnx_export import Bundle
 
-    model, vae, tiny = models()
+    model, vae, _ = models()
     bundle = Bundle.load(exported())
     bundle.check_matches(model, SHAPE, vae, "vae")
     with pytest.raises(BackendError, match="exported for"):

@@ -1,0 +1,407 @@
+"""Runtime backends of the chunk step behind one interface.
+
+A backend owns a stream's model-side state (KV cache, decoder state) and turns one chunk's audio tokens and
+noise into clean latents and, with a decoder, video frames:
+
+    backend.reset(reference)                        # reference latent [1, C, S, h, w]: prefill the sink
+    out = backend.chunk(audio, noise, sigmas)       # audio tokens [1, c, tokens, audio_dim] (DiT.encode_audio);
+                                                    # noise: one [1, C, c, h, w] per step; sigmas: the few-step list
+    out.latents [1, C, c, h, w], out.frames [n, H, W, 3] uint8 (or None)
+
+The caller draws the noise (the StreamingGenerator's seeded generator, in the engine's order), so every
+backend produces the same stream for a seed. Backends:
+
+* `torch`: eager PyTorch through the engine's own KVCache layouts (the reference).
+* `torch-cudagraph`: the whole chunk -- every denoising pass, the cache write and the decode -- captured
+  once per step count in a CUDA graph over static buffers and replayed (GPU only; the stream's first chunk
+  runs eagerly, it decodes differently). Without capture the same static-buffer code runs eagerly, which
+  is how the CPU tests check it.
+* `onnxruntime-cpu` / `onnxruntime-cuda`: the exported bundle (exporters.onnx_export) through IO binding
+  over torch tensors; the ring and the decoder state ping-pong between two buffers, so no copies.
+
+`choose_backend(device, ...)` takes the fastest available for the device (order measured in
+bench/backends.py), or the one named; an unavailable one falls back with one log line.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from engine.diffusion.flow import add_noise, x0_from_velocity
+from engine.generate.decoders import TinyDecoder, VAEDecoder, to_uint8
+from engine.models.attention import KVCache
+from engine.models.dit import DiT
+from engine.models.tiny_vae import TinyVAE
+from engine.models.vae import CausalVAE
+from exporters.chunk_graph import ChunkShape, CommitGraph, PassGraph, SinkGraph, rope_tables
+from exporters.decoder_graph import DecoderState, TinyDecodeGraph, VAEDecodeGraph
+from exporters.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "torch-cudagraph", "onnxruntime-cpu", "onnxruntime-cuda")
+# Fastest first, as measured by bench/backends.py (bench/RESULTS.md); torch closes every list.
+PREFERENCE = {"cpu": ("onnxruntime-cpu", "torch"), "cuda": ("torch-cudagraph", "onnxruntime-cuda", "torch")}
+
+Decoder = CausalVAE | TinyVAE
+
+
+@dataclass
+class ChunkResult:
+    latents: torch.Tensor  # [1, C, chunk, h, w], a tensor of its own (not a reused buffer)
+    frames: torch.Tensor | None  # [n, H, W, 3] uint8 on the CPU, when the backend decodes
+
+
+class Backend(Protocol):
+    name: str
+    shape: ChunkShape
+    decodes: bool  # chunk() returns frames
+    frames_written: int
+
+    def reset(self, reference: torch.Tensor) -> None: ...
+
+    def chunk(self, audio: torch.Tensor, noise: Sequence[torch.Tensor], sigmas: Sequence[float]) -> ChunkResult: ...
+
+
+def decoder_kind(decoder: Decoder | None) -> str | None:
+    return None if decoder is None else "vae" if isinstance(decoder, CausalVAE) else "tiny"
+
+
+def sample(velocity: Callable[[torch.Tensor, float], torch.Tensor], noise: Sequence[torch.Tensor],
+           sigmas: Sequence[float]) -> torch.Tensor:
+    """The few-step sampler of StreamingGenerator._denoise (Self-Forcing inference, spec D.4): x ← noise[0];
+    for each σ_i: x̂0 = x − σ_i·v(x, σ_i); x ← (1 − σ_{i+1})·x̂0 + σ_{i+1}·noise[i+1] except after the last."""
+    if len(noise) != len(sigmas):
+        raise BackendError(f"need one noise tensor per step: {len(noise)} for {len(sigmas)} steps")
+    x = noise[0]
+    for i, sigma in enumerate(sigmas):
+        x0 = x0_from_velocity(x, velocity(x, sigma), sigma)
+        if i + 1 < len(sigmas):
+            x = add_noise(x0, noise[i + 1], sigmas[i + 1])
+    return x0
+
+
+def _timesteps(sigma: float, chunk: int, device: torch.device) -> torch.Tensor:
+    return torch.full((1, chunk), 1000.0 * sigma, device=device)
+
+
+# ----------------------------------------------------------------------------- torch eager
+
+class TorchBackend:
+    """The engine's eager path: KVCache layouts and the engine's streaming decoders."""
+
+    name = "torch"
+
+    def __init__(self, model: DiT, shape: ChunkShape, decoder: Decoder | None = None):
+        p = next(model.parameters())
+        self.model, self.shape = model.eval(), shape
+        self.cache = KVCache(shape.cache_config(model), batch=1, device=p.device, dtype=p.dtype)
+        self.frames_written = 0
+        kind = decoder_kind(decoder)
+        self.decoder = None if decoder is None else \
+            VAEDecoder(decoder) if kind == "vae" else TinyDecoder(decoder)  # type: ignore[arg-type]
+        self.decodes = decoder is not None
+
+    @torch.no_grad()
+    def reset(self, reference: torch.Tensor) -> None:
+        self.cache.reset()  # the ring's old rows stay but are hidden until written again
+        S = reference.shape[2]
+        self.model(reference, torch.zeros(1, S, device=reference.device), self.cache.sink(), sink_frames=S)
+        if self.decoder is not None:
+            self.decoder.reset()
+        self.frames_written = 0
+
+    @torch.no_grad()
+    def chunk(self, audio: torch.Tensor, noise: Sequence[torch.Tensor], sigmas: Sequence[float]) -> ChunkResult:
+        c, model, cache = self.shape.chunk_frames, self.model, self.cache
+        layout = cache.chunk(c)
+        x0 = sample(lambda x, s: model(x, _timesteps(s, c, x.device), layout, audio=audio), noise, sigmas)
+        model(x0, torch.zeros(1, c, device=x0.device), cache.chunk(c, write=True), audio=audio)
+        cache.advance(c)
+        self.frames_written = cache.frames_written
+        return ChunkResult(x0, self.decoder.decode(x0) if self.decoder is not None else None)
+
+
+# ----------------------------------------------------------------------------- torch + CUDA graphs
+
+class CudaGraphBackend:
+    """The whole chunk over static buffers: the cache, RoPE tables, position, audio, noise, latents, video
+    and decoder state live at fixed addresses; each chunk copies its inputs in and replays the graph of its
+    step count. capture=False runs the same code eagerly (CPU tests, and a device without CUDA graphs)."""
+
+    name = "torch-cudagraph"
+
+    def __init__(self, model: DiT, shape: ChunkShape, decoder: Decoder | None = None, capture: bool | None = None):
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.capture = self.device.type == "cuda" if capture is None else capture
+        if self.capture and self.device.type != "cuda":
+            raise BackendError("CUDA graphs need the model on a CUDA device")
+        self.model, self.shape = model.eval(), shape
+        self.cache = shape.cache_config(model)
+        cache = KVCache(self.cache, batch=1, device=self.device, dtype=self.dtype)
+        self.sink_k, self.sink_v, self.ring_k, self.ring_v = cache.sink_k, cache.sink_v, cache.k, cache.v
+        self.position = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.tables = [t.clone() for t in rope_tables(self.cache, shape.chunk_frames, 0, self.dtype, self.device)]
+        self.audio = torch.zeros(shape.audio(model), device=self.device, dtype=self.dtype)
+        self.latents = torch.zeros(shape.latents(model), device=self.device, dtype=self.dtype)
+        self.noise: dict[int, torch.Tensor] = {}  # [steps, 1, C, c, h, w] per step count
+        self.sink_graph, self.pass_graph = SinkGraph(model, shape), PassGraph(model, shape)
+        self.commit_graph = CommitGraph(model, shape, inplace=True)
+        self.kind = decoder_kind(decoder)
+        self.decodes = decoder is not None
+        self.decoder_state: list[torch.Tensor] = []
+        if decoder is not None:
+            decoder.eval()
+            layout = DecoderState.discover(decoder, shape.latents(model))
+            self.decoder_state = layout.zeros(self.device, self.dtype)
+            if isinstance(decoder, CausalVAE):
+                self.decode_first: torch.nn.Module = VAEDecodeGraph(decoder, layout, first=True)
+                self.decode_step: torch.nn.Module = VAEDecodeGraph(decoder, layout, first=False)
+            else:
+                self.decode_first = self.decode_step = TinyDecodeGraph(decoder, layout)
+                self.trim = decoder.frames_to_trim
+        self.graphs: dict[tuple[float, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor | None]] = {}
+        self.frames_written = 0
+
+    @torch.no_grad()
+    def reset(self, reference: torch.Tensor) -> None:
+        sink_k, sink_v = self.sink_graph(reference.to(self.device, self.dtype))
+        self.sink_k.copy_(sink_k)
+        self.sink_v.copy_(sink_v)
+        self.ring_k.zero_()
+        self.ring_v.zero_()
+        for s in self.decoder_state:
+            s.zero_()
+        self.frames_written = 0
+
+    def _decode(self, x0: torch.Tensor, first: bool) -> torch.Tensor:
+        """Decode x0 with the static state, writing the new state back into it; returns video [1, 3, T, H, W]."""
+        if not first:
+            video, *state = self.decode_step(x0, *self.decoder_state)
+        elif self.kind == "tiny":
+            video, *state = self.decode_first(x0, *self.decoder_state)
+            video = video[:, :, self.trim:]
+        else:  # the VAE's first latent frame alone, then the rest of the chunk
+            video, *state = self.decode_first(x0[:, :, :1])
+            if x0.shape[2] > 1:
+                rest, *state = self.decode_step(x0[:, :, 1:], *state)
+                video = torch.cat([video, rest], 2)
+        for s, new in zip(self.decoder_state, state):
+            s.copy_(new)
+        return video
+
+    def _run(self, sigmas: tuple[float, ...], first: bool) -> torch.Tensor | None:
+        """Every pass, the cache write and the decode of one chunk, reading and writing static buffers only."""
+        c = self.shape.chunk_frames
+        cache = (self.sink_k, self.sink_v, self.ring_k, self.ring_v, self.position, *self.tables)
+        noise = self.noise[len(sigmas)]
+        x0 = sample(lambda x, s: self.pass_graph(x, _timesteps(s, c, x.device), self.audio, *cache),
+                    list(noise.unbind(0)), sigmas)
+        self.commit_graph(x0, self.audio, *cache)
+        self.latents.copy_(x0)
+        return self._decode(x0, first) if self.decodes else None
+
+    def _captured(self, sigmas: tuple[float, ...]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor | None]:
+        """Capture the chunk for this σ list. The warm-up run writes the ring and advances the decoder state,
+        so both are restored before the capture (which runs nothing) and the real replay."""
+        if sigmas not in self.graphs:
+            saved = [t.clone() for t in (self.ring_k, self.ring_v, *self.decoder_state)]
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self._run(sigmas, first=False)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            for t, s in zip((self.ring_k, self.ring_v, *self.decoder_state), saved):
+                t.copy_(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                video = self._run(sigmas, first=False)
+            self.graphs[sigmas] = (graph, video)
+        return self.graphs[sigmas]
+
+    @torch.no_grad()
+    def chunk(self, audio: torch.Tensor, noise: Sequence[torch.Tensor], sigmas: Sequence[float]) -> ChunkResult:
+        key = tuple(float(s) for s in sigmas)
+        if len(key) not in self.noise:
+            self.noise[len(key)] = torch.zeros(len(key), *self.latents.shape, device=self.device, dtype=self.dtype)
+        buffer = self.noise[len(key)]
+        for i, n in enumerate(noise):
+            buffer[i].copy_(n)
+        self.audio.copy_(audio)
+        tables = rope_tables(self.cache, self.shape.chunk_frames, self.frames_written, self.dtype)
+        for static, t in zip(self.tables, tables):
+            static.copy_(t)
+        self.position.fill_(self.frames_written)
+        first = self.frames_written == 0
+        if self.capture and not first:
+            graph, video = self._captured(key)
+            graph.replay()
+        else:
+            video = self._run(key, first)
+        self.frames_written += self.shape.chunk_frames
+        return ChunkResult(self.latents.clone(), to_uint8(video) if video is not None else None)
+
+
+# ----------------------------------------------------------------------------- onnxruntime
+
+class OrtBackend:
+    """The exported bundle on ONNX Runtime (CPU, or the CUDA execution provider), all through IO binding."""
+
+    def __init__(self, bundle_dir: str | Path, device: torch.device | str = "cpu", decoder: str | None = None,
+                 threads: int = 0, spin: bool = False):
+        from exporters.onnx_export import Bundle
+        from exporters.ort import OrtGraph
+
+        self.bundle = bundle = Bundle.load(bundle_dir)
+        self.device, self.dtype, self.shape = torch.device(device), bundle.dtype, bundle.shape
+        self.name = "onnxruntime-cuda" if self.device.type == "cuda" else "onnxruntime-cpu"
+
+        def graph(part: str, name: str) -> OrtGraph:
+            return OrtGraph(bundle.graph(part, name), self.device, threads, spin)
+
+        self.sink, self.pass_, self.commit = graph("dit", "sink"), graph("dit", "pass"), graph("dit", "commit")
+        self.cache = bundle.cache_config()
+        T, L = self.cache.tokens_per_frame, self.cache.num_layers
+        H, D, S, W = self.cache.num_heads, self.cache.head_dim, self.shape.sink_frames, self.shape.window_frames
+
+        def zeros(*size: int) -> torch.Tensor:
+            return torch.zeros(size, device=self.device, dtype=self.dtype)
+
+        self.sink_k, self.sink_v = zeros(L, 1, S * T, H, D), zeros(L, 1, S * T, H, D)
+        self.rings = [(zeros(L, 1, W * T, H, D), zeros(L, 1, W * T, H, D)) for _ in range(2)]
+        self.velocity = zeros(1, bundle.dit_config().out_dim, self.shape.chunk_frames, *self.shape.latent_hw)
+        self.kind, self.decodes = decoder, decoder is not None
+        self.decoders: dict[str, OrtGraph] = {}
+        if decoder is not None:
+            self.decoders = {name: graph(decoder, name) for name in bundle.decoder(decoder)["graphs"]}
+            layout = bundle.decoder_state(decoder)
+            self.states = [layout.zeros(self.device, self.dtype) for _ in range(2)]
+            self.state_names = layout.names
+            self.videos = {name: zeros(*g.session.get_outputs()[0].shape) for name, g in self.decoders.items()}
+            self.trim = bundle.frames_to_trim(decoder)
+        self.frames_written = 0
+
+    def reset(self, reference: torch.Tensor) -> None:
+        self.sink.run({"reference": reference.to(self.device, self.dtype).contiguous()},
+                      {"sink_k": self.sink_k, "sink_v": self.sink_v})
+        for k, v in self.rings:
+            k.zero_()
+            v.zero_()
+        for state in self.states if self.decodes else []:
+            for s in state:
+                s.zero_()
+        self.frames_written = 0
+
+    def _decode_with(self, name: str, z: torch.Tensor) -> torch.Tensor:
+        """Run decoder graph `name` from the current state into the other one, then swap; returns the video."""
+        old, new = self.states
+        inputs = {"z": z.contiguous(), **dict(zip(self.state_names, old))}
+        outputs = {"video": self.videos[name], **{f"new_{n}": s for n, s in zip(self.state_names, new)}}
+        self.decoders[name].run(inputs, outputs)
+        self.states = [new, old]
+        return self.videos[name]
+
+    def _decode(self, x0: torch.Tensor, first: bool) -> torch.Tensor:
+        c = x0.shape[2]
+        if self.kind == "tiny":
+            video = self._decode_with(f"step_{c}", x0)
+            return video[:, :, self.trim:] if first else video
+        if not first:
+            return self._decode_with(f"step_{c}", x0)
+        _, new = self.states  # the first graph takes no state: it writes a fresh one
+        self.decoders["first"].run({"z": x0[:, :, :1].contiguous()},
+                                   {"video": self.videos["first"],
+                                    **{f"{n}": s for n, s in zip(self.state_names, new)}})
+        self.states = list(reversed(self.states))
+        video = self.videos["first"]
+        if c > 1:
+            video = torch.cat([video, self._decode_with(f"step_{c - 1}", x0[:, :, 1:])], 2)
+        return video
+
+    @torch.no_grad()
+    def chunk(self, audio: torch.Tensor, noise: Sequence[torch.Tensor], sigmas: Sequence[float]) -> ChunkResult:
+        c = self.shape.chunk_frames
+        tables = rope_tables(self.cache, c, self.frames_written, self.dtype, self.device)
+        (ring_k, ring_v), (next_k, next_v) = self.rings
+        cache = {"sink_k": self.sink_k, "sink_v": self.sink_v, "ring_k": ring_k, "ring_v": ring_v,
+                 "position": torch.tensor(self.frames_written, dtype=torch.int64, device=self.device),
+                 "cos_chunk": tables[0], "sin_chunk": tables[1], "cos_sink": tables[2], "sin_sink": tables[3],
+                 "audio": audio.to(self.device, self.dtype).contiguous()}
+
+        def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
+            self.pass_.run({"x": x.contiguous(), "t": _timesteps(sigma, c, self.device), **cache},
+                           {"velocity": self.velocity})
+            return self.velocity
+
+        x0 = sample(velocity, noise, sigmas)
+        self.commit.run({"x0": x0.contiguous(), **cache}, {"new_ring_k": next_k, "new_ring_v": next_v})
+        self.rings.reverse()
+        frames = to_uint8(self._decode(x0, self.frames_written == 0)) if self.decodes else None
+        self.frames_written += c
+        return ChunkResult(x0, frames)
+
+
+# ----------------------------------------------------------------------------- choosing one
+
+def _unavailable(name: str, device: torch.device, onnx_dir: str | Path | None) -> str | None:
+    """Why backend `name` cannot run here, or None."""
+    if name in ("torch-cudagraph", "onnxruntime-cuda") and device.type != "cuda":
+        return "it needs a CUDA device"
+    if name.startswith("onnxruntime"):
+        from exporters.ort import providers_available
+
+        providers = providers_available()
+        if not providers:
+            return "onnxruntime is not installed (pip install talkstream[onnx])"
+        if name == "onnxruntime-cuda" and "CUDAExecutionProvider" not in providers:
+            return "onnxruntime here has no CUDAExecutionProvider (it needs onnxruntime-gpu)"
+        if onnx_dir is None:
+            return "no exported bundle was given (write one with `talkstream export onnx --out DIR`)"
+    return None
+
+
+def make_backend(name: str, model: DiT, shape: ChunkShape, decoder: Decoder | None = None,
+                 onnx_dir: str | Path | None = None, threads: int = 0) -> Backend:
+    """Build backend `name` for this model and chunk shape; BackendError if it cannot run here."""
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; choose one of {list(BACKENDS)}")
+    device = next(model.parameters()).device
+    reason = _unavailable(name, device, onnx_dir)
+    if reason is not None:
+        raise BackendError(f"backend {name!r} cannot run here: {reason}")
+    if name == "torch":
+        return TorchBackend(model, shape, decoder)
+    if name == "torch-cudagraph":
+        return CudaGraphBackend(model, shape, decoder)
+    from exporters.onnx_export import Bundle
+
+    assert onnx_dir is not None
+    kind = decoder_kind(decoder)
+    Bundle.load(onnx_dir).check_matches(model, shape, decoder, kind)
+    return OrtBackend(onnx_dir, device, kind, threads)
+
+
+def choose_backend(device: torch.device | str, model: DiT, shape: ChunkShape, decoder: Decoder | None = None,
+                   name: str | None = None, onnx_dir: str | Path | None = None, threads: int = 0) -> Backend:
+    """The named backend, or the fastest that runs on `device` (PREFERENCE). One that cannot run here falls
+    back to the next, with one log line saying why; eager torch always runs."""
+    device = torch.device(device)
+    if name is not None and name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; choose one of {list(BACKENDS)}")
+    if next(model.parameters()).device.type != device.type:
+        raise BackendError(f"the model is on {next(model.parameters()).device}, the backend was asked for {device}")
+    order = [name] if name is not None else list(PREFERENCE.get(device.type, ()))
+    for candidate in [*order, "torch"]:
+        try:
+            return make_backend(candidate, model, shape, decoder, onnx_dir, threads)
+        except BackendError as e:
+            if candidate == "torch":
+                raise
+            log.warning("%s; falling back", e)
+    raise AssertionError("unreachable: torch always runs")
