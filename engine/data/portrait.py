@@ -118,23 +118,22 @@ def ellipse(x, y, cx, cy, rx, ry):
 
 
 def cover(d: torch.Tensor, size: int) -> torch.Tensor:
-    """Coverage in [0, 1] of a shape with signed distance d, anti-aliased over one pixel."""
-    return (0.5 - d * size / 2).clamp(0, 1)
+    """Coverage in [0, 1] of a shape with signed distance d, anti-aliased over one pixel: 0.5 - d size / 2."""
+    return (d * (-size / 2)).add_(0.5).clamp_(0, 1)
 
 
 def over(canvas: torch.Tensor, rgb, alpha: torch.Tensor) -> torch.Tensor:
     """Lay a colour (3-vector or [..., 3, h, w]) with coverage alpha [..., h, w] over a premultiplied RGBA
-    canvas [..., 4, h, w], in place where shapes allow; returns the canvas."""
-    rgb = torch.as_tensor(rgb, dtype=torch.float32)
-    if rgb.ndim == 1:
-        rgb = rgb[:, None, None]
+    canvas [..., 4, h, w], in place where shapes allow; returns the canvas. Premultiplied "over" of an opaque
+    colour is a blend towards (r, g, b, 1) by the coverage, so it is one lerp."""
     a = alpha.unsqueeze(-3)
     if canvas.shape[:-3] != torch.broadcast_shapes(canvas.shape[:-3], a.shape[:-3]):
         canvas = canvas.expand(*a.shape[:-3], *canvas.shape[-3:]).clone()
-    canvas.mul_(1 - a)
-    canvas[..., :3, :, :].add_(rgb * a)
-    canvas[..., 3:, :, :].add_(a)
-    return canvas
+    if isinstance(rgb, torch.Tensor) and rgb.ndim > 1:  # a colour per pixel
+        target = torch.cat([rgb, torch.ones_like(rgb[..., :1, :, :])], -3)
+    else:
+        target = torch.tensor([*rgb, 1.0])[:, None, None]
+    return canvas.lerp_(target, a)
 
 
 def _tone(rgb, factor: float) -> tuple[float, float, float]:
@@ -541,10 +540,8 @@ def _over_premultiplied(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     return src + dst * (1 - src[..., 3:4, :, :])
 
 
-def _u8(a: torch.Tensor, scratch: bool = False) -> torch.Tensor:
-    """[0, 1] to uint8, rounding; in place when a is a scratch tensor."""
-    a = a.clamp_(0, 1) if scratch else a.clamp(0, 1)
-    return a.mul_(255).round_().to(torch.uint8)
+def _u8(a: torch.Tensor) -> torch.Tensor:
+    return (a.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def _extent(drawn: torch.Tensor) -> slice:
@@ -561,8 +558,11 @@ def render(identity: Identity, state: FaceState, size: int, batch: int = 16) -> 
     long_hair = bool(behind.any())
     backdrop = _over_premultiplied(background, body)[:3]  # the picture wherever the head is not
     # head-local canvas: RGBA of the whole head, face alpha, and the coverage of long hair behind (5 or 6
-    # channels), cut to the box where anything is drawn (the canvas is zero around it)
+    # channels), cut to the box where anything is drawn (the canvas is zero around it). Colours and the face
+    # alpha are kept in 0..255, so that the composite is the frame's pixel values.
     canvas = torch.cat([_over_premultiplied(face, front), face[3:4]] + ([behind[None]] if long_hair else []))
+    canvas[:3] *= 255
+    canvas[4] *= 255
     drawn = canvas[3] > 0
     if long_hair:
         drawn |= behind > 0
@@ -573,7 +573,11 @@ def render(identity: Identity, state: FaceState, size: int, batch: int = 16) -> 
     theta = _pose(state)
     n = len(state)
     frames = np.empty((n, size, size, 3), np.uint8)
-    frames[:] = _u8(backdrop).permute(1, 2, 0).numpy()
+    frames[:] = _u8(backdrop).permute(1, 2, 0).contiguous().numpy()
+    backdrop = backdrop * 255
+    if long_hair:  # one colour, so its warp is that colour times the warped coverage c, and hair, body and
+        # background make backdrop + c (hair - background)(1 - body alpha)
+        hair_over = (torch.tensor(behind_rgb)[:, None, None] * 255 - background[:3] * 255) * (1 - body[3:4])
     face_mask = np.zeros((n, size, size), np.uint8)
     mouth_mask = np.zeros((n, size, size), np.uint8)
     open_px = torch.zeros(n)
@@ -602,6 +606,7 @@ def render(identity: Identity, state: FaceState, size: int, batch: int = 16) -> 
             on_face = layer[cut] * fa  # features never leave the skin
             under = _over_premultiplied(face[(slice(None),) + inside], on_face)
             comp = _over_premultiplied(under, front[(slice(None),) + inside])
+            comp[:, :3] *= 255
             features.append((inside, comp, None if gt is None else gt[cut] * fa))
         patches = [[f] for f in features]
         while True:
@@ -632,17 +637,12 @@ def render(identity: Identity, state: FaceState, size: int, batch: int = 16) -> 
             if gts:
                 mouth_mask[start:start + T, seen[0], seen[1]] = _u8(patch[:, 5]).numpy()
                 open_px[start:start + T] = (patch[:, 4] > 0.5).float().sum(1).amax(1)  # tallest cavity column
-        head = warped[:, :4]
-        if long_hair:  # hair behind the head (one colour, so its warp is the colour times the warped coverage),
-            # then the body, then the head
-            cov = warped[:, 5:6]
-            hair = torch.tensor(behind_rgb)[:, None, None] * cov + background[(None, slice(0, 3)) + out] * (1 - cov)
-            base = body[(None, slice(0, 3)) + out] + hair * (1 - body[(None, slice(3, 4)) + out])
-        else:
-            base = backdrop[(None, slice(None)) + out]
-        img = base * (1 - head[:, 3:4])
-        img += head[:, :3]
-        frames[start:start + T, out[0], out[1]] = _u8(img, scratch=True).permute(0, 2, 3, 1).numpy()
-        face_mask[start:start + T, out[0], out[1]] = _u8(warped[:, 4]).numpy()
+        base = backdrop[(None, slice(None)) + out]
+        if long_hair:
+            base = torch.addcmul(base, warped[:, 5:6], hair_over[(None, slice(None)) + out])
+        img = torch.addcmul(warped[:, :3], base, 1 - warped[:, 3:4])  # the head over what is behind it
+        img.clamp_(0, 255).round_()
+        torch.from_numpy(frames)[start:start + T, out[0], out[1]].copy_(img.permute(0, 2, 3, 1))
+        torch.from_numpy(face_mask)[start:start + T, out[0], out[1]].copy_(warped[:, 4].clamp(0, 255).round_())
     face_h = g["face_h"] * HEAD_SCALE * size
     return RenderOutput(frames, face_mask, mouth_mask, open_px.numpy(), (open_px / face_h).numpy())
