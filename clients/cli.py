@@ -113,6 +113,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     "info": (cmd_info, lambda p: None),
     "stream": (cmd_stream, _stream_args),
     "data": (cmd_data, _data_args),
+    "export": __import__("exporters.cli_export", fromlist=["COMMAND"]).COMMAND,
     "serve": __import__("clients.serve_cli", fromlist=["SERVE"]).SERVE,
     "mic": __import__("clients.serve_cli", fromlist=["MIC"]).MIC,
 }

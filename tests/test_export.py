@@ -225,3 +225,28 @@ def test_bundle_refuses_other_weights_and_other_shapes():
         bundle.decoder("wan")
     with pytest.raises(BackendError, match="holds no manifest"):
         Bundle.load(Path(tempfile.mkdtemp()))
+
+
+def test_cli_export_onnx_builds_the_chunk_shape_from_the_preset(monkeypatch, tmp_path, capsys):
+    """`talkstream export onnx` derives the latent grid from the preset's VAE and passes the decoders asked
+    for (the export itself is recorded, not run: a demo-size export takes a minute)."""
+    from clients.cli import main
+    from exporters import onnx_export
+    from exporters.onnx_export import Bundle
+
+    calls = []
+
+    def record(model, shape, out, vae=None, tiny=None):
+        calls.append((model.cfg.name, shape, vae, tiny))
+        out.mkdir(parents=True)
+        return Bundle(out, {})
+
+    monkeypatch.setattr(onnx_export, "export_bundle", record)
+    assert main(["export", "onnx", "--out", str(tmp_path / "b"), "--chunk", "2", "--window", "5",
+                 "--decoders", "tiny", "--verify-chunks", "0"]) == 0
+    [(name, shape, vae, tiny)] = calls
+    assert name == "demo" and shape == ChunkShape((16, 16), 1, 2, 5)
+    assert vae is None and isinstance(tiny, TinyVAE)
+    assert "onnx.checker passed" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["export", "tensorrt", "--out", str(tmp_path)])
