@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import io
 from dataclasses import dataclass
 from fractions import Fraction
@@ -62,7 +63,7 @@ class Recorder:
         if frame.format == "raw":
             image = av.VideoFrame.from_ndarray(frame.rgb(), format="rgb24")
         else:
-            with av.open(io.BytesIO(frame.data), format="mjpeg") as c:
+            with av.open(io.BytesIO(frame.data), mode="r", format="mjpeg") as c:
                 image = next(c.decode(video=0))
         image = image.reformat(format="yuv420p")
         image.pts, image.time_base = frame.pts, Fraction(1, 25)
@@ -88,7 +89,7 @@ async def run_mic(options: MicOptions, sound: ModuleType | None = None) -> MicSt
     """Run until `options.seconds` pass (or forever). `sound` is the sounddevice module (injectable so that
     a test can stand in for the sound card)."""
     if sound is None:
-        import sounddevice as sound
+        sound = importlib.import_module("sounddevice")
     loop = asyncio.get_running_loop()
     captured: asyncio.Queue[bytes] = asyncio.Queue(maxsize=500)
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 import numpy as np
 import websockets
@@ -104,7 +104,7 @@ class AvatarClient:
     @classmethod
     async def connect(cls, url: str, sample_rate: int = 16000, portrait: str | None = None,
                       video: str = "jpeg", steps: int | None = None, token: str | None = None,
-                      resume: str | None = None, open_timeout_s: float = 30.0) -> "AvatarClient":
+                      resume: str | None = None, open_timeout_s: float = 30.0) -> AvatarClient:
         headers = {"Authorization": f"Bearer {token}"} if token else None
         ws = await websockets.connect(url, additional_headers=headers, max_size=16 * 1024 * 1024,
                                       open_timeout=open_timeout_s)
@@ -122,7 +122,7 @@ class AvatarClient:
             raise AvatarError(reply.get("code", "error"), reply.get("message", ""))
         return cls(ws, reply, reply.get("input_sample_rate", sample_rate))
 
-    async def __aenter__(self) -> "AvatarClient":
+    async def __aenter__(self) -> AvatarClient:  # noqa: PYI034 -- a final class in practice
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -163,7 +163,7 @@ class AvatarClient:
             try:
                 await self.send({"type": "close"})
                 await asyncio.wait_for(asyncio.shield(self._reader), 5.0)
-            except (asyncio.TimeoutError, websockets.ConnectionClosed):
+            except (TimeoutError, websockets.ConnectionClosed):
                 pass
         await self.ws.close()
         self._reader.cancel()

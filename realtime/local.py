@@ -5,9 +5,9 @@
 """
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from aiohttp import web
 
@@ -31,7 +31,8 @@ class LocalServer:
 
 
 @asynccontextmanager
-async def serve_local(avatar: Avatar, config: ServerConfig = ServerConfig()) -> AsyncIterator[LocalServer]:
+async def serve_local(avatar: Avatar, config: ServerConfig | None = None) -> AsyncIterator[LocalServer]:
+    config = config or ServerConfig()
     app = build_app(avatar, config)
     runner = web.AppRunner(app, shutdown_timeout=2.0)
     await runner.setup()

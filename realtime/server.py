@@ -28,11 +28,25 @@ from aiohttp import web
 
 from engine.generate.avatar import Avatar
 from realtime.config import ServerConfig
-from realtime.errors import (BadOffer, Forbidden, NotFound, RealtimeError, TooLarge, Unauthorized,
-                             WrongContentType)
+from realtime.errors import (
+    BadOffer,
+    Forbidden,
+    NotFound,
+    RealtimeError,
+    TooLarge,
+    Unauthorized,
+    WrongContentType,
+)
 from realtime.registry import Entry, Portraits, Registry, open_session
-from realtime.webrtc import (AvatarAudioTrack, AvatarVideoTrack, WebRTCSink, answer, close_quietly, ingest,
-                             peer_connection)
+from realtime.webrtc import (
+    AvatarAudioTrack,
+    AvatarVideoTrack,
+    WebRTCSink,
+    answer,
+    close_quietly,
+    ingest,
+    peer_connection,
+)
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -85,7 +99,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it passes `limit` (chunked bodies included)."""
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"body of {request.content_length} bytes exceeds the limit of {limit}")
-    parts, size = [], 0
+    parts: list[bytes] = []
+    size = 0
     while True:
         part = await request.content.read(64 * 1024)
         if not part:
@@ -263,9 +278,10 @@ def check_origin(state: ServerState, request: web.Request) -> None:
         raise Forbidden(f"origin {origin!r} is not allowed")
 
 
-def build_app(avatar: Avatar, config: ServerConfig = ServerConfig()) -> web.Application:
+def build_app(avatar: Avatar, config: ServerConfig | None = None) -> web.Application:
     from realtime.websocket import websocket
 
+    config = config or ServerConfig()
     if config.loopback_ice:
         from realtime.webrtc import use_loopback_ice
 

@@ -21,14 +21,16 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from engine.audio.features import samples_needed
 from engine.errors import EngineError
+from engine.generate.avatar import Avatar
 from engine.generate.streaming import StreamConfig, StreamingGenerator
 from realtime.adaptive import AdaptiveSteps
 from realtime.clock import SAMPLE_RATE, SAMPLES_PER_FRAME, TICK_SAMPLES, Playout, Segment, Tick
@@ -113,7 +115,7 @@ class Session:
         self.done = asyncio.Event()
         self.close_reason = ""
         self.last_activity = time.monotonic()
-        self.on_close: list[Callable[[Session], None]] = []
+        self.on_close: list[Callable[[Session], object]] = []
         self._epoch = 0
         self._commands: queue.Queue = queue.Queue()
         self._stopping = threading.Event()
@@ -388,7 +390,7 @@ class Session:
         future.cancel()
 
 
-def new_generator(avatar, config: SessionConfig) -> StreamingGenerator:  # type: ignore[no-untyped-def]
+def new_generator(avatar: Avatar, config: SessionConfig) -> StreamingGenerator:
     """The session's own generator (KV cache, decoder state) over the avatar's shared weights."""
     stream = StreamConfig(chunk_frames=config.chunk_frames, window_frames=config.window_frames, steps=config.steps)
     return avatar.generator(stream, decoder=config.decoder)

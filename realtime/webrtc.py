@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from fractions import Fraction
 
 import av
@@ -35,7 +36,10 @@ def use_loopback_ice() -> None:
     server and a client on one machine without a network interface could not connect otherwise."""
     import aioice.ice
 
-    aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"]
+    def loopback(use_ipv4: bool = True, use_ipv6: bool = True) -> list[str]:
+        return ["127.0.0.1"]
+
+    aioice.ice.get_host_addresses = loopback
 
 
 async def close_quietly(pc: RTCPeerConnection) -> None:
@@ -138,12 +142,12 @@ async def answer(pc: RTCPeerConnection, sdp: str, kind: str, sink: WebRTCSink) -
         await pc.setLocalDescription(local)
     except BadOffer:
         raise
-    except Exception as err:  # noqa: BLE001 -- see the docstring
+    except Exception as err:
         raise BadOffer(f"the offer could not be answered: {type(err).__name__}: {err}") from err
     return pc.localDescription.sdp, audio_in
 
 
-async def ingest(track: MediaStreamTrack, push) -> None:  # type: ignore[no-untyped-def]
+async def ingest(track: MediaStreamTrack, push: Callable[[np.ndarray, int], None]) -> None:
     """Feed the caller's audio (Opus decoded by aiortc, 48 kHz stereo) into `push(pcm, rate)` as mono s16."""
     resampler = None
     while True:
@@ -151,6 +155,7 @@ async def ingest(track: MediaStreamTrack, push) -> None:  # type: ignore[no-unty
             frame = await track.recv()
         except MediaStreamError:
             return
+        assert isinstance(frame, av.AudioFrame), type(frame)
         if resampler is None:
             resampler = av.AudioResampler(format="s16", layout="mono", rate=frame.sample_rate)
         for mono in resampler.resample(frame):

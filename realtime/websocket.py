@@ -8,11 +8,13 @@ only a bad `start` closes the socket (1008), and a full server closes it with 10
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import struct
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
@@ -21,7 +23,10 @@ from aiohttp import WSMsgType, web
 from realtime.clock import FPS, SAMPLE_RATE
 from realtime.errors import BadAudio, BadMessage, RealtimeError
 from realtime.registry import Entry, open_session
-from realtime.session import INPUT_RATES
+from realtime.session import INPUT_RATES, Session
+
+if TYPE_CHECKING:
+    from realtime.server import ServerState
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 10.0
@@ -137,14 +142,14 @@ class WebSocketSink:
                 await ws.send_bytes(pack(b"V", header, payload))
 
 
-def _jpeg_encoder(width: int, height: int) -> av.CodecContext:
+def _jpeg_encoder(width: int, height: int) -> Any:
     codec = av.CodecContext.create("mjpeg", "w")
     codec.width, codec.height, codec.pix_fmt = width, height, "yuvj420p"
     codec.time_base = Fraction(1, FPS)
     return codec
 
 
-def _encode_jpeg(codec: av.CodecContext, rgb: np.ndarray) -> bytes:
+def _encode_jpeg(codec: Any, rgb: np.ndarray) -> bytes:
     frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuvj420p")
     return b"".join(bytes(p) for p in codec.encode(frame))
 
@@ -164,7 +169,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             raise BadMessage("the first message must be the JSON start message")
         start = parse_start(first.data)
         entry, resumed = await _session_for(state, start)
-    except (RealtimeError, asyncio.TimeoutError) as err:
+    except (TimeoutError, RealtimeError) as err:
         code = err.code if isinstance(err, RealtimeError) else "bad_message"
         text = str(err) or "no start message within 10 s"
         await ws.send_str(json.dumps({"type": "error", "code": code, "message": text, "fatal": True}))
@@ -174,7 +179,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def _session_for(state, start: Start) -> tuple[Entry, bool]:  # type: ignore[no-untyped-def]
+async def _session_for(state: ServerState, start: Start) -> tuple[Entry, bool]:
     if start.resume is not None:
         entry = state.registry.by_token(start.resume)
         if entry is None or entry.kind != "websocket" or entry.attached:
@@ -192,7 +197,7 @@ async def _session_for(state, start: Start) -> tuple[Entry, bool]:  # type: igno
     return entry, False
 
 
-async def _serve(state, ws: web.WebSocketResponse, entry: Entry, start: Start, resumed: bool) -> None:  # type: ignore[no-untyped-def]
+async def _serve(state: ServerState, ws: web.WebSocketResponse, entry: Entry, start: Start, resumed: bool) -> None:
     session = entry.session
     rate, video = entry.sample_rate, entry.video
     for task in entry.tasks:  # a previous connection's grace timer
@@ -207,15 +212,22 @@ async def _serve(state, ws: web.WebSocketResponse, entry: Entry, start: Start, r
     session.attach(sink)
     sender = asyncio.create_task(sink.send_loop(ws))
     overflow = asyncio.create_task(sink.overflow.wait())
+    ended = asyncio.create_task(session.done.wait())  # a timeout, a shutdown or a generation error
     closing = False
     try:
         while not ws.closed and not session.done.is_set():
             receive = asyncio.ensure_future(ws.receive())
-            done, _ = await asyncio.wait({receive, overflow, sender}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({receive, overflow, sender, ended}, return_when=asyncio.FIRST_COMPLETED)
             if receive not in done:
                 receive.cancel()
-                reason = "client too slow" if overflow in done else "send failed"
-                await ws.close(code=1008, message=reason.encode())
+                if ended in done:
+                    with contextlib.suppress(ConnectionError, RuntimeError):  # the client may be gone too
+                        await ws.send_str(json.dumps({"type": "closed", "session": session.id,
+                                                      "reason": session.close_reason}))
+                    await ws.close(code=1001, message=session.close_reason.encode()[:120])
+                else:
+                    reason = "client too slow" if overflow in done else "send failed"
+                    await ws.close(code=1008, message=reason.encode())
                 break
             msg = receive.result()
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
@@ -232,10 +244,11 @@ async def _serve(state, ws: web.WebSocketResponse, entry: Entry, start: Start, r
     finally:
         session.detach(sink)
         overflow.cancel()
+        ended.cancel()
         if closing:  # flush what is queued (the `closed` event) before the socket goes
             await asyncio.wait({asyncio.ensure_future(_drain(sink))}, timeout=2.0)
         sender.cancel()
-        await asyncio.gather(sender, overflow, return_exceptions=True)
+        await asyncio.gather(sender, overflow, ended, return_exceptions=True)
         if not ws.closed:
             await ws.close()
         entry.attached = False
@@ -256,7 +269,7 @@ async def _grace(entry: Entry, seconds: float) -> None:
         await entry.end("client did not come back")
 
 
-def _command(session, sink: WebSocketSink, message: dict) -> bool:  # type: ignore[no-untyped-def]
+def _command(session: Session, sink: WebSocketSink, message: dict) -> bool:
     """Apply one JSON command; True when the client asked to close."""
     kind = message["type"]
     if kind == "end_of_utterance":

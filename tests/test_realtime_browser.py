@@ -82,7 +82,7 @@ async def test_chromium_calls_the_avatar_and_decodes_its_video():
     async with serve_local(avatar, config) as server:
         with tempfile.TemporaryDirectory() as tmp:
             profile = Path(tmp)
-            browser = subprocess.Popen([
+            browser = subprocess.Popen([  # noqa: ASYNC220 -- started once, never waited on in the loop
                 CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
                 f"--user-data-dir={profile}", "--remote-debugging-port=0", "--remote-allow-origins=*",

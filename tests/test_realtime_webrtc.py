@@ -66,7 +66,7 @@ class Caller:
         while True:
             try:
                 frame = await track.recv()
-            except Exception:
+            except Exception:  # noqa: BLE001 -- the track ended (MediaStreamError) or the peer closed
                 return
             (self.video if track.kind == "video" else self.audio).append((time.monotonic(), frame))
 
@@ -274,3 +274,26 @@ async def test_portrait_upload_limits(avatar):
 
         async with await AvatarClient.connect(server.ws_url, portrait=name) as client:
             assert client.ready["portrait"] == name
+
+
+async def test_a_call_makes_no_dns_lookups(avatar, monkeypatch):
+    """aiortc's default STUN server would mean a DNS lookup per offer (a stall offline): none may happen."""
+    import socket
+
+    real, looked_up = socket.getaddrinfo, []
+
+    def guarded(host, *args, **kw):
+        if host not in ("127.0.0.1", "localhost", None):
+            looked_up.append(host)
+            raise socket.gaierror(f"test forbids looking up {host!r}")
+        return real(host, *args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded)
+    async with serve_local(avatar, config()) as server, aiohttp.ClientSession() as http:
+        caller = Caller()
+        r = await http.post(server.url + "/offer", json={"sdp": await caller.offer(), "type": "offer"})
+        assert r.status == 200
+        await caller.accept((await r.json())["sdp"])
+        await until(lambda: len(caller.video) >= 5, 10)
+        await caller.close()
+    assert looked_up == []

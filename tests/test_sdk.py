@@ -1,6 +1,7 @@
 """The websocket protocol through the Python SDK against a real server on loopback: speech, marks, idle,
 interrupt, A/V alignment of the returned media, TTS bursts, malformed input, limits, resume and auth."""
 import asyncio
+import itertools
 import json
 import time
 
@@ -86,7 +87,7 @@ async def test_returned_audio_is_the_input_aligned_with_its_frames(avatar):
         audio.sort(key=lambda a: a[1].pts)
         pcm = np.concatenate([a.pcm for _, a in audio])
         first_pts = audio[0][1].pts
-        assert all(b.pts == a.pts + len(a.pcm) for (_, a), (_, b) in zip(audio, audio[1:])), "gap-free timeline"
+        assert all(b.pts == a.pts + len(a.pcm) for (_, a), (_, b) in itertools.pairwise(audio)), "gap-free timeline"
         lead = np.flatnonzero(np.abs(tone.astype(int)) > 200)[0]
         start = np.flatnonzero(np.abs(pcm.astype(int)) > 200)[0] - lead
         onset = first_pts + start
@@ -201,3 +202,18 @@ async def _until(predicate, timeout_s=5.0):
         if time.monotonic() - start > timeout_s:
             raise TimeoutError("condition not reached")
         await asyncio.sleep(0.05)
+
+
+async def test_idle_timeout_and_shutdown_end_sessions(avatar):
+    quiet = ServerConfig(port=0, session=SessionConfig(steps=1, idle_timeout_s=0.5))
+    async with serve_local(avatar, quiet) as server:
+        client = await AvatarClient.connect(server.ws_url)
+        await _until(lambda: server.state.registry.count == 0, 5)  # nothing sent: reaped by the timeout
+        await asyncio.wait_for(client.ws.wait_closed(), 5)
+    server_cm = serve_local(avatar, config())
+    server = await server_cm.__aenter__()
+    client = await AvatarClient.connect(server.ws_url)
+    session = server.state.registry.entries[client.ready["session"]].session
+    await server_cm.__aexit__(None, None, None)  # shutdown ends every session and its worker thread
+    assert session.done.is_set() and not session._thread.is_alive()
+    await asyncio.wait_for(client.ws.wait_closed(), 5)
