@@ -524,11 +524,13 @@ def _sample(src: torch.Tensor, at: Box, out: Box, theta: np.ndarray, size: int, 
     scale = np.array([size / w, size / h])[None, :, None]  # [1, 2, 1]
     coef = theta * scale
     coef[:, :, 2] = (theta[:, :, 2] + 1) * scale[:, :, 0] - 2 * np.array([at[1].start / w, at[0].start / h]) - 1
-    c = torch.from_numpy(coef).float()[:, None, None]  # [T, 1, 1, 2, 3]
-    X, Y = xs[out[1]][None, None, :, None], xs[out[0]][None, :, None, None]
-    grid = (c[..., 1] * Y + c[..., 2]) + c[..., 0] * X  # [T, H, W, 2]
+    c = torch.from_numpy(coef).float()[:, :, :, None, None]  # [T, 2, 3, 1, 1]
+    X, Y = xs[out[1]][None, None, :], xs[out[0]][None, :, None]
+    H, W = out[0].stop - out[0].start, out[1].stop - out[1].start
+    grid = torch.empty(T, H, W, 2)  # each coordinate written in place (cheaper than building pairs)
+    for i in range(2):
+        torch.add(c[:, i, 1] * Y + c[:, i, 2], c[:, i, 0] * X, out=grid[..., i])
     if len(src) == 1 and T > 1:  # one canvas for all frames: sample it once with the frames' grids stacked
-        H, W = grid.shape[1:3]
         one = F.grid_sample(src, grid.view(1, T * H, W, 2), mode="bilinear", padding_mode="zeros",
                             align_corners=False)
         return one.view(src.shape[1], T, H, W).transpose(0, 1)
@@ -549,6 +551,46 @@ def _extent(drawn: torch.Tensor) -> slice:
     return slice(int(idx[0]), int(idx[-1]) + 1) if len(idx) else slice(0, 0)
 
 
+def _bands(rows: np.ndarray, first: np.ndarray, last: np.ndarray, A: np.ndarray, b: np.ndarray, size: int,
+           out: Box, height: int) -> list[Box]:
+    """Split the image box `out` into bands `height` rows tall, each cut to the columns the warped canvas can
+    reach in it. The canvas draws in rows `rows` from column `first` to `last` (pixels); a sample within a
+    pixel of a drawn one lands in that row's rectangle grown by a pixel, so a band's columns are those of the
+    images (under p -> A p + b, every frame) of the rectangles that meet the band."""
+    step = 2 / size
+    x = np.stack([first - 1, last + 1, first - 1, last + 1], -1) * step - 1 + step / 2  # [M, 4] corners
+    y = np.stack([rows - 1, rows - 1, rows + 1, rows + 1], -1) * step - 1 + step / 2
+    px = A[:, 0, 0, None, None] * x + A[:, 0, 1, None, None] * y + b[:, 0, 0, None, None]  # [T, M, 4]
+    py = A[:, 1, 0, None, None] * x + A[:, 1, 1, None, None] * y + b[:, 1, 0, None, None]
+    x0, x1, y0, y1 = px.min((0, 2)), px.max((0, 2)), py.min((0, 2)), py.max((0, 2))  # [M]
+    bands = []
+    for r in range(out[0].start, out[0].stop, height):
+        band = slice(r, min(r + height, out[0].stop))
+        top, bottom = -1 + (band.start - 1) * step, -1 + (band.stop + 1) * step
+        meet = (y1 >= top) & (y0 <= bottom)
+        if meet.any():
+            bands.append((band, _span(float(x0[meet].min()), float(x1[meet].max()), size, out[1])))
+    return bands
+
+
+def _patches(features: list[tuple], A: np.ndarray, b: np.ndarray, theta: np.ndarray, size: int, out: Box,
+             head_box: Box) -> list[tuple[list[tuple], Box, Box]]:
+    """Group features (tuples whose first item is their head-canvas box) into patches, each with the image box
+    that can see its features and the head-canvas box that image box samples. Features whose patches would
+    sample each other's boxes share one, so every sample reads a canvas holding everything it can see."""
+    groups = [[f] for f in features]
+    while True:
+        boxes = []
+        for group in groups:
+            seen = _carry(_union_all([f[0] for f in group]), A, b, size, out)
+            boxes.append((seen, _carry(seen, theta[:, :, :2], theta[:, :, 2:], size, head_box)))
+        meet = [(i, j) for i in range(len(groups)) for j in range(i) if _meets(boxes[i][1], boxes[j][1])]
+        if not meet:
+            return [(group, seen, source) for group, (seen, source) in zip(groups, boxes)]
+        i, j = meet[0]
+        groups[j] += groups.pop(i)
+
+
 def render(identity: Identity, state: FaceState, size: int, batch: int = 16) -> RenderOutput:
     """Render a clip of len(state) frames at size×size, `batch` frames at a time."""
     skin = _tone(SKIN_TONES[identity.skin], 1 + 0.06 * identity.skin_jitter)
@@ -563,11 +605,16 @@ def render(identity: Identity, state: FaceState, size: int, batch: int = 16) -> 
     canvas = torch.cat([_over_premultiplied(face, front), face[3:4]] + ([behind[None]] if long_hair else []))
     canvas[:3] *= 255
     canvas[4] *= 255
+    C = len(canvas)
     drawn = canvas[3] > 0
     if long_hair:
         drawn |= behind > 0
     head_box = (_extent(drawn.any(1)), _extent(drawn.any(0)))
     canvas = canvas[(slice(None),) + head_box]
+    rows = torch.nonzero(drawn.any(1)).flatten()
+    first = drawn.int().argmax(1)[rows]
+    last = size - 1 - drawn.flip(1).int().argmax(1)[rows]
+    rows, first, last = rows.numpy(), first.numpy(), last.numpy()
     xs = _centres(size)
     whole = (slice(0, size), slice(0, size))
     theta = _pose(state)
@@ -581,23 +628,36 @@ def render(identity: Identity, state: FaceState, size: int, batch: int = 16) -> 
     face_mask = np.zeros((n, size, size), np.uint8)
     mouth_mask = np.zeros((n, size, size), np.uint8)
     open_px = torch.zeros(n)
+
+    def lay(warped: torch.Tensor, frame: slice, box: Box, mask: bool) -> None:
+        """The warped head [T, C, h, w] over what is behind it, into the frames (and the face mask) at box."""
+        base = backdrop[(None, slice(None)) + box]
+        if long_hair:
+            base = torch.addcmul(base, warped[:, 5:6], hair_over[(None, slice(None)) + box])
+        img = torch.addcmul(warped[:, :3], base, 1 - warped[:, 3:4])
+        img.clamp_(0, 255).round_()
+        torch.from_numpy(frames)[frame, box[0], box[1]].copy_(img.permute(0, 2, 3, 1))
+        if mask:
+            torch.from_numpy(face_mask)[frame, box[0], box[1]].copy_(warped[:, 4].clamp(0, 255).round_())
+
     for start in range(0, n, batch):
         part = state.slice(start, start + batch)
-        T, th, shift = len(part), theta[start:start + batch], _Shift(part)
+        T, th, shift, frame = len(part), theta[start:start + batch], _Shift(part), slice(start, start + batch)
         A = np.linalg.inv(th[:, :, :2])
         b = -A @ th[:, :, 2:]  # image from head-local coordinates
-        # the head as drawn without eyes and mouth, warped once for all frames
+        # the head as drawn without eyes and mouth, warped once for all frames, in bands cut to where it is
         out = _carry(head_box, A, b, size, whole)
         if _empty(head_box) or _empty(out):
             continue
-        warped = _sample(canvas[None], head_box, out, th, size, xs)  # [T, C, H, W]
+        for box in _bands(rows, first, last, A, b, size, out, max(8, size // 8)):
+            lay(_sample(canvas[None], head_box, box, th, size, xs), frame, box, True)
         # the frame's eyes and mouth, laid on the face under the front hair and glasses, in boxes; each patch of
-        # the warped head that can see a box is sampled again from a canvas box holding it (patches that would
-        # see each other's features are merged, so every sample reads the right canvas)
+        # the image that can see a box is warped again from a canvas box holding it (patches that would see
+        # each other's features are merged, so every sample reads the right canvas)
         mouth, mouth_gt, mouth_box = _mouth(identity, g, size, part, skin, xs, shift)
         features = []
-        for layer, box, gt in [(lay, box, None) for lay, box in _eyes(identity, g, size, part, skin, xs, shift)] \
-                + [(mouth, mouth_box, mouth_gt)]:
+        eyes = [(layer, box, None) for layer, box in _eyes(identity, g, size, part, skin, xs, shift)]
+        for layer, box, gt in eyes + [(mouth, mouth_box, mouth_gt)]:
             inside = _clip(box, head_box)
             if _empty(inside):
                 continue
@@ -608,41 +668,22 @@ def render(identity: Identity, state: FaceState, size: int, batch: int = 16) -> 
             comp = _over_premultiplied(under, front[(slice(None),) + inside])
             comp[:, :3] *= 255
             features.append((inside, comp, None if gt is None else gt[cut] * fa))
-        patches = [[f] for f in features]
-        while True:
-            sources = []
-            for p in patches:
-                seen = _carry(_union_all([f[0] for f in p]), A, b, size, out)
-                sources.append((seen, _carry(seen, th[:, :, :2], th[:, :, 2:], size, head_box)))
-            meet = [(i, j) for i in range(len(patches)) for j in range(i) if _meets(sources[i][1], sources[j][1])]
-            if not meet:
-                break
-            i, j = meet[0]
-            patches[j] += patches.pop(i)
-        for p, (seen, source) in zip(patches, sources):
+        for p, seen, source in _patches(features, A, b, th, size, out, head_box):
             if _empty(seen) or _empty(source):
                 continue
             gts = [f for f in p if f[2] is not None]
-            src = canvas[(slice(0, 4),) + _within(source, head_box)][None].repeat(T, 1, 1, 1)
-            if gts:
+            src = canvas[(slice(None),) + _within(source, head_box)][None].repeat(T, 1, 1, 1)
+            if gts:  # the mouth's ground truth (cavity, mouth coverage) rides along as two more channels
                 src = torch.cat([src, src.new_zeros(T, 2, *src.shape[2:])], 1)
             for inside, comp, gt in p:
-                at = (slice(None), slice(0, 4)) + _within(inside, source)
-                src[at] = comp
+                at = _within(inside, source)
+                src[(slice(None), slice(0, 4)) + at] = comp
                 if gt is not None:
-                    src[(slice(None), slice(4, 6)) + at[2:]] = gt
+                    src[(slice(None), slice(C, C + 2)) + at] = gt
             patch = _sample(src, source, seen, th, size, xs)
-            rel = _within(seen, out)
-            warped[(slice(None), slice(0, 4)) + rel] = patch[:, :4]
+            lay(patch, frame, seen, False)  # the face alpha is the static one, already laid
             if gts:
-                mouth_mask[start:start + T, seen[0], seen[1]] = _u8(patch[:, 5]).numpy()
-                open_px[start:start + T] = (patch[:, 4] > 0.5).float().sum(1).amax(1)  # tallest cavity column
-        base = backdrop[(None, slice(None)) + out]
-        if long_hair:
-            base = torch.addcmul(base, warped[:, 5:6], hair_over[(None, slice(None)) + out])
-        img = torch.addcmul(warped[:, :3], base, 1 - warped[:, 3:4])  # the head over what is behind it
-        img.clamp_(0, 255).round_()
-        torch.from_numpy(frames)[start:start + T, out[0], out[1]].copy_(img.permute(0, 2, 3, 1))
-        torch.from_numpy(face_mask)[start:start + T, out[0], out[1]].copy_(warped[:, 4].clamp(0, 255).round_())
+                mouth_mask[frame, seen[0], seen[1]] = _u8(patch[:, C + 1]).numpy()
+                open_px[frame] = (patch[:, C] > 0.5).float().sum(1).amax(1)  # tallest cavity column
     face_h = g["face_h"] * HEAD_SCALE * size
     return RenderOutput(frames, face_mask, mouth_mask, open_px.numpy(), (open_px / face_h).numpy())
