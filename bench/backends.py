@@ -45,9 +45,13 @@ def build(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The preset's models with random non-zero weights, on the device, in the dtype."""
     from bench.step import randomised
     from engine.generate.avatar import load_avatar
+    from engine.models.tiny_vae import TinyVAE, tiny_vae_config
 
     avatar = load_avatar(preset=args.preset, resolution=args.resolution, seed=0, dtype=DTYPES[args.dtype])
-    decoder = {"none": None, "vae": avatar.vae, "tiny": avatar.tiny}[args.decoder]
+    tiny = avatar.tiny
+    if tiny is None and args.decoder == "tiny":  # the wan presets pair with TAEHV's public layout
+        tiny = TinyVAE(tiny_vae_config("taew2_1")).to(DTYPES[args.dtype]).eval().requires_grad_(False)
+    decoder = {"none": None, "vae": avatar.vae, "tiny": tiny}[args.decoder]
     device = torch.device(args.device)
     model = randomised(avatar.model).to(device)
     if decoder is not None:

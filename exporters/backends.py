@@ -131,8 +131,10 @@ class TorchBackend:
 
 class CudaGraphBackend:
     """The whole chunk over static buffers: the cache, RoPE tables, position, audio, noise, latents, video
-    and decoder state live at fixed addresses; each chunk copies its inputs in and replays the graph of its
-    step count. capture=False runs the same code eagerly (CPU tests, and a device without CUDA graphs)."""
+    and decoder state live at fixed addresses; each chunk copies its inputs in and replays two CUDA graphs:
+    the DiT's (every pass and the cache write; one per step count) and the decoder's step. The stream's
+    first chunk replays them too, except the causal VAE's first latent frame, which is decoded eagerly (it
+    takes its own path). capture=False runs the same code eagerly (the CPU tests, a device without CUDA)."""
 
     name = "torch-cudagraph"
 
@@ -156,6 +158,7 @@ class CudaGraphBackend:
         self.kind = decoder_kind(decoder)
         self.decodes = decoder is not None
         self.decoder_state: list[torch.Tensor] = []
+        self.trim = 0
         if decoder is not None:
             decoder.eval()
             layout = DecoderState.discover(decoder, shape.latents(model))
@@ -163,10 +166,10 @@ class CudaGraphBackend:
             if isinstance(decoder, CausalVAE):
                 self.decode_first: torch.nn.Module = VAEDecodeGraph(decoder, layout, first=True)
                 self.decode_step: torch.nn.Module = VAEDecodeGraph(decoder, layout, first=False)
-            else:
+            else:  # zero state is the tiny decoder's start: its first chunk is a step with frames to drop
                 self.decode_first = self.decode_step = TinyDecodeGraph(decoder, layout)
                 self.trim = decoder.frames_to_trim
-        self.graphs: dict[tuple[float, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor | None]] = {}
+        self.graphs: dict[object, tuple[torch.cuda.CUDAGraph, torch.Tensor | None]] = {}
         self.frames_written = 0
 
     @torch.no_grad()
@@ -180,24 +183,10 @@ class CudaGraphBackend:
             s.zero_()
         self.frames_written = 0
 
-    def _decode(self, x0: torch.Tensor, first: bool) -> torch.Tensor:
-        """Decode x0 with the static state, writing the new state back into it; returns video [1, 3, T, H, W]."""
-        if not first:
-            video, *state = self.decode_step(x0, *self.decoder_state)
-        elif self.kind == "tiny":
-            video, *state = self.decode_first(x0, *self.decoder_state)
-            video = video[:, :, self.trim:]
-        else:  # the VAE's first latent frame alone, then the rest of the chunk
-            video, *state = self.decode_first(x0[:, :, :1])
-            if x0.shape[2] > 1:
-                rest, *state = self.decode_step(x0[:, :, 1:], *state)
-                video = torch.cat([video, rest], 2)
-        for s, new in zip(self.decoder_state, state):
-            s.copy_(new)
-        return video
+    # -- the two captured bodies: they read and write static buffers only
 
-    def _run(self, sigmas: tuple[float, ...], first: bool) -> torch.Tensor | None:
-        """Every pass, the cache write and the decode of one chunk, reading and writing static buffers only."""
+    def _dit(self, sigmas: tuple[float, ...]) -> None:
+        """Every denoising pass, then the cache write; x̂0 lands in self.latents."""
         c = self.shape.chunk_frames
         cache = (self.sink_k, self.sink_v, self.ring_k, self.ring_v, self.position, *self.tables)
         noise = self.noise[len(sigmas)]
@@ -205,25 +194,44 @@ class CudaGraphBackend:
                     list(noise.unbind(0)), sigmas)
         self.commit_graph(x0, self.audio, *cache)
         self.latents.copy_(x0)
-        return self._decode(x0, first) if self.decodes else None
 
-    def _captured(self, sigmas: tuple[float, ...]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor | None]:
-        """Capture the chunk for this σ list. The warm-up run writes the ring and advances the decoder state,
-        so both are restored before the capture (which runs nothing) and the real replay."""
-        if sigmas not in self.graphs:
-            saved = [t.clone() for t in (self.ring_k, self.ring_v, *self.decoder_state)]
+    def _decode_step(self) -> torch.Tensor:
+        """Decode self.latents from the static state and write the new state back; video [1, 3, T, H, W]."""
+        video, *state = self.decode_step(self.latents, *self.decoder_state)
+        for s, new in zip(self.decoder_state, state):
+            s.copy_(new)
+        return video
+
+    def _decode_vae_first(self) -> torch.Tensor:
+        """The causal VAE's first latent frame alone (its own path), then the rest of the chunk; eager."""
+        video, *state = self.decode_first(self.latents[:, :, :1])
+        if self.latents.shape[2] > 1:
+            rest, *state = self.decode_step(self.latents[:, :, 1:], *state)
+            video = torch.cat([video, rest], 2)
+        for s, new in zip(self.decoder_state, state):
+            s.copy_(new)
+        return video
+
+    def _replay(self, key: object, body, mutable: list[torch.Tensor]) -> torch.Tensor | None:  # type: ignore[no-untyped-def]
+        """Replay the graph of `key`, capturing it on first use. The warm-up run before a capture writes the
+        `mutable` buffers (the ring, the decoder state), so they are restored before the capture (which runs
+        nothing) and the replay that does the real work."""
+        if key not in self.graphs:
+            saved = [t.clone() for t in mutable]
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
-                self._run(sigmas, first=False)
+                body()
             torch.cuda.current_stream(self.device).wait_stream(side)
-            for t, s in zip((self.ring_k, self.ring_v, *self.decoder_state), saved):
+            for t, s in zip(mutable, saved):
                 t.copy_(s)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                video = self._run(sigmas, first=False)
-            self.graphs[sigmas] = (graph, video)
-        return self.graphs[sigmas]
+                out = body()
+            self.graphs[key] = (graph, out)
+        graph, out = self.graphs[key]
+        graph.replay()
+        return out
 
     @torch.no_grad()
     def chunk(self, audio: torch.Tensor, noise: Sequence[torch.Tensor], sigmas: Sequence[float]) -> ChunkResult:
@@ -239,11 +247,18 @@ class CudaGraphBackend:
             static.copy_(t)
         self.position.fill_(self.frames_written)
         first = self.frames_written == 0
-        if self.capture and not first:
-            graph, video = self._captured(key)
-            graph.replay()
+        if self.capture:
+            self._replay(("dit", key), lambda: self._dit(key), [self.ring_k, self.ring_v])
         else:
-            video = self._run(key, first)
+            self._dit(key)
+        video = None
+        if self.decodes and first and self.kind == "vae":
+            video = self._decode_vae_first()
+        elif self.decodes:
+            video = self._replay("decode", self._decode_step, self.decoder_state) if self.capture \
+                else self._decode_step()
+            assert video is not None
+            video = video[:, :, self.trim:] if first else video
         self.frames_written += self.shape.chunk_frames
         return ChunkResult(self.latents.clone(), to_uint8(video) if video is not None else None)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.generate.decoders import TinyDecoder, VAEDecoder
-from engine.generate.streaming import StreamConfig, StreamingGenerator
+from engine.generate.streaming import StreamConfig, StreamingGenerator, sigma_list
 from engine.models.vae import CausalVAE
 from exporters.backends import (
     BACKENDS,
@@ -150,7 +150,8 @@ def test_cuda_graph_backend_streams_what_eager_cuda_streams(kind):
     backend = choose_backend("cuda", model, SHAPE, decoder)
     assert backend.name == "torch-cudagraph"
     got = run(BackendGenerator(model, backend, CONFIG))
-    assert len(backend.graphs) == 2  # one graph per step count
+    steps = {("dit", tuple(sigma_list(n, CONFIG.shift))) for n in (2, 1)}
+    assert set(backend.graphs) == steps | {"decode"}  # the DiT's graph per step count, the decoder's once
     assert_same_stream(want, got, frames_tolerance=1)
 
 
