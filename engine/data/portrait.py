@@ -636,7 +636,9 @@ def render(identity: Identity, state: FaceState, size: int, batch: int = 16) -> 
             base = torch.addcmul(base, warped[:, 5:6], hair_over[(None, slice(None)) + box])
         img = torch.addcmul(warped[:, :3], base, 1 - warped[:, 3:4])
         img.clamp_(0, 255).round_()
-        torch.from_numpy(frames)[frame, box[0], box[1]].copy_(img.permute(0, 2, 3, 1))
+        dst = torch.from_numpy(frames)[frame, box[0], box[1]]
+        for c in range(3):  # a channel at a time: twice as fast as one copy that also transposes
+            dst[..., c].copy_(img[:, c])
         if mask:
             torch.from_numpy(face_mask)[frame, box[0], box[1]].copy_(warped[:, 4].clamp(0, 255).round_())
 
