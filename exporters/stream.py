@@ -2,15 +2,19 @@
 by a Backend. Everything else -- audio ingestion, the timeline, timestamps, interrupt -- is the engine's.
 
 Until the engine takes a backend itself, this adapter overrides the generator's `reset` and `_denoise`
-and hands the backend's frames to it through a decoder that returns them. The generator still keeps its
-own KV cache for its frame counter (the sink prefill it runs in `reset` is the price of that).
+and hands the backend's frames to it through a decoder that returns them. The generator's `reset` still
+builds its own KV cache and runs the sink prefill in it; the adapter then swaps that cache for an empty one
+that only counts frames (a transient cost the engine hook would remove).
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 
 from engine.audio.features import AudioFeatureConfig
 from engine.generate.streaming import StreamConfig, StreamingGenerator, sigma_list
+from engine.models.attention import KVCache
 from engine.models.dit import DiT
 from exporters.backends import Backend
 from exporters.errors import BackendError
@@ -53,6 +57,9 @@ class BackendGenerator(StreamingGenerator):
 
     def reset(self, reference: torch.Tensor, seed: int = 0) -> None:
         super().reset(reference, seed)
+        assert self.cache is not None
+        # The generator's own cache only counts frames from here on: keep the counter, drop the tensors.
+        self.cache = KVCache(replace(self.cache.config, num_layers=0), batch=1, device=self.device, dtype=self.dtype)
         self.backend.reset(reference.to(self.device, self.dtype))
 
     def _denoise(self, audio: torch.Tensor) -> torch.Tensor:
