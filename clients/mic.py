@@ -99,7 +99,7 @@ async def run_mic(options: MicOptions, sound: ModuleType | None = None) -> MicSt
     block = options.sample_rate * options.block_ms // 1000
     stats = MicStats()
     client = await AvatarClient.connect(options.url, sample_rate=options.sample_rate, portrait=options.portrait,
-                                        token=options.token)
+                                        token=options.token, live=True)
     recorder = Recorder(options.out, client.ready["width"], client.ready["height"]) if options.out else None
     player = sound.RawOutputStream(samplerate=16000, channels=1, dtype="int16") if options.play else None
     microphone = sound.RawInputStream(samplerate=options.sample_rate, channels=1, dtype="int16", blocksize=block,

@@ -104,11 +104,11 @@ class AvatarClient:
     @classmethod
     async def connect(cls, url: str, sample_rate: int = 16000, portrait: str | None = None,
                       video: str = "jpeg", steps: int | None = None, token: str | None = None,
-                      resume: str | None = None, open_timeout_s: float = 30.0) -> AvatarClient:
+                      resume: str | None = None, live: bool = False, open_timeout_s: float = 30.0) -> AvatarClient:
         headers = {"Authorization": f"Bearer {token}"} if token else None
         ws = await websockets.connect(url, additional_headers=headers, max_size=16 * 1024 * 1024,
                                       open_timeout=open_timeout_s)
-        start: dict = {"type": "start", "sample_rate": sample_rate, "video": video}
+        start: dict = {"type": "start", "sample_rate": sample_rate, "video": video, "live": live}
         if portrait:
             start["portrait"] = portrait
         if steps:

@@ -34,7 +34,7 @@ class Segment:
     marks: list[tuple[int, str]] = field(default_factory=list)  # (engine sample, name): echo once played
     steps: int = 0
     compute_s: float = 0.0
-    input_at: float | None = None  # when the last input sample this chunk needed arrived (monotonic s)
+    input_at: float | None = None  # when the audio of its first frame arrived (monotonic s; None: silence)
 
     def __post_init__(self) -> None:
         assert len(self.audio) == len(self.frames) * SAMPLES_PER_FRAME, (len(self.audio), len(self.frames))
@@ -60,6 +60,7 @@ class Playout:
         self._offset = 0  # samples of the current segment already played
         self.played_samples = 0  # output timeline: samples played (underruns excluded)
         self.underruns = 0  # ticks that found no audio
+        self.skipped_samples = 0  # idle audio skipped so that speech starts sooner
         self.speaking = False
         self._utterance_start = 0  # output sample where the current utterance began
 
@@ -70,6 +71,14 @@ class Playout:
         return current + sum(len(s.audio) for s in self._queue)
 
     def append(self, segment: Segment) -> None:
+        """Queue a segment. Speech skips the idle segments still waiting ahead of it: they were made
+        before anyone spoke only to keep the face moving, and playing them would delay the speech by as
+        much (their marks move onto the speech segment)."""
+        if segment.voiced:
+            while self._queue and not self._queue[-1].voiced:
+                idle = self._queue.pop()
+                self.skipped_samples += len(idle.audio)
+                segment.marks = [(segment.engine_start, name) for _, name in idle.marks] + segment.marks
         self._queue.append(segment)
 
     def tick(self) -> Tick:

@@ -28,7 +28,6 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from engine.audio.features import samples_needed
 from engine.errors import EngineError
 from engine.generate.avatar import Avatar
 from engine.generate.streaming import StreamConfig, StreamingGenerator
@@ -241,8 +240,9 @@ class Session:
             asyncio.ensure_future(self.close("internal error"))
 
     def _pull(self) -> None:
-        """Move the next segment into the playout when the current one is about to run out."""
-        while self.playout.buffered_samples <= TICK_SAMPLES and not self._chunks.empty():
+        """Move what the worker made into the playout (where idle segments can be skipped); the worker
+        still sees the total ahead of playback and stops generating past `queue_chunks`."""
+        while not self._chunks.empty():
             item = self._chunks.get_nowait()
             self._pulled_samples += len(item.segment.audio)
             if item.epoch == self._epoch:
@@ -357,8 +357,11 @@ class Session:
             chunk = gen.step(allow_silence=True)
             assert chunk is not None
             compute = time.perf_counter() - t0
-            need = samples_needed(gen.frames_written, self.audio_config)
-            while arrivals and arrivals[0][0] < need:
+            # latency is measured from the arrival of the audio of the chunk's first frame: the push that
+            # brought the sample count past it (the frame also waited for its look-ahead and the rest
+            # of the chunk, which is part of what a caller sees)
+            first_sample = chunk.first_frame * SAMPLES_PER_FRAME
+            while arrivals and arrivals[0][0] <= first_sample:
                 arrivals.popleft()
             input_at = arrivals[0][1] if arrivals and chunk.voiced else None
             end = (chunk.first_frame + chunk.num_frames) * SAMPLES_PER_FRAME

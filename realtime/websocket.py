@@ -40,6 +40,7 @@ class Start:
     portrait: str | None = None
     video: str = "jpeg"
     steps: int | None = None
+    live: bool = False  # a real-time source (a microphone): bound its latency rather than buffer
     resume: str | None = None
 
 
@@ -62,7 +63,10 @@ def parse_start(text: str) -> Start:
         raise BadMessage(f"portrait must be a name string, got {portrait!r}")
     if steps is not None and steps not in (4, 2, 1):
         raise BadMessage(f"steps must be 4, 2 or 1, got {steps!r}")
-    return Start(rate, portrait, video, steps)
+    live = message.get("live", False)
+    if not isinstance(live, bool):
+        raise BadMessage(f"live must be true or false, got {live!r}")
+    return Start(rate, portrait, video, steps, live)
 
 
 def parse_json(text: str) -> dict:
@@ -187,8 +191,8 @@ async def _session_for(state: ServerState, start: Start) -> tuple[Entry, bool]:
         return entry, True
     state.registry.reserve()
     try:
-        session = await open_session(state.avatar, state.portraits, state.config, start.portrait, live=False,
-                                     steps=start.steps)
+        session = await open_session(state.avatar, state.portraits, state.config, start.portrait,
+                                     live=start.live, steps=start.steps)
     except BaseException:
         state.registry.cancel()
         raise

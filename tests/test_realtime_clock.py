@@ -25,8 +25,9 @@ def segment(n_frames, voiced, start, marks=(), value=0):
 def test_each_frame_plays_with_its_own_audio():
     p = Playout()
     p.append(segment(1, False, 0))
+    ticks = [p.tick()]  # the idle segment starts before speech arrives (else speech would skip it)
     p.append(segment(4, True, 640, marks=[(640 + 1000, "m")]))
-    ticks = [p.tick() for _ in range(12)]
+    ticks += [p.tick() for _ in range(11)]
     frames = [(t.audio_pts, f) for t in ticks for f in t.frames]
     # a frame is due on the tick that starts its 640 samples, and the tick carries exactly those samples
     assert [pts for _, (pts, _, _) in frames] == [0, 1, 2, 3, 4]
@@ -115,3 +116,17 @@ async def test_a_live_session_behind_real_time_lowers_steps_before_dropping():
     first_drop = next(i for i, (_, d) in enumerate(seen) if d > 0)
     assert all(s == 1 for s, _ in seen[first_drop:]), "dropped frames before reaching the lowest step"
     assert session.stats.dropped_frames > 0
+
+
+def test_speech_skips_idle_segments_waiting_ahead_of_it():
+    p = Playout()
+    p.append(segment(4, False, 0))
+    p.tick()  # the first idle segment is playing: it plays out
+    p.append(segment(4, False, 2560, marks=[(3000, "idle-mark")]))
+    p.append(segment(4, False, 5120))
+    p.append(segment(4, True, 7680))
+    assert p.skipped_samples == 2 * 2560 and p.buffered_samples == 2560 - TICK_SAMPLES + 2560
+    events = [e for _ in range(16) for e in p.tick().events]
+    # speech follows the idle segment that was playing; the skipped segment's mark is not lost
+    assert events[0] == {"type": "playback_started", "pts": 4}
+    assert {"type": "mark", "name": "idle-mark"} in events
