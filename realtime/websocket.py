@@ -250,7 +250,9 @@ async def _serve(state: ServerState, ws: web.WebSocketResponse, entry: Entry, st
         overflow.cancel()
         ended.cancel()
         if closing:  # flush what is queued (the `closed` event) before the socket goes
-            await asyncio.wait({asyncio.ensure_future(_drain(sink))}, timeout=2.0)
+            drained = asyncio.ensure_future(_drain(sink))
+            await asyncio.wait({drained}, timeout=2.0)
+            drained.cancel()
         sender.cancel()
         await asyncio.gather(sender, overflow, ended, return_exceptions=True)
         if not ws.closed:
