@@ -31,20 +31,24 @@ def config(**kw):
 
 
 class Tone(MediaStreamTrack):
-    """A caller's microphone: a 440 Hz tone, 20 ms frames at 48 kHz, paced in real time."""
+    """A caller's microphone: silence, then from `onset_s` a 440 Hz tone; 20 ms frames at 48 kHz, paced in
+    real time. `onset_at` is when the first tone frame left."""
 
     kind = "audio"
 
-    def __init__(self):
+    def __init__(self, onset_s=0.0):
         super().__init__()
-        self.n, self.t0 = 0, None
+        self.n, self.t0, self.onset_frames, self.onset_at = 0, None, round(onset_s / 0.02), None
 
     async def recv(self):
         if self.t0 is None:
             self.t0 = time.monotonic()
         await asyncio.sleep(max(0.0, self.t0 + self.n * 0.02 - time.monotonic()))
         t = (np.arange(960) + self.n * 960) / 48000
-        frame = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)[None],
+        level = 0.3 if self.n >= self.onset_frames else 0.0
+        if level and self.onset_at is None:
+            self.onset_at = time.monotonic()
+        frame = av.AudioFrame.from_ndarray((level * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)[None],
                                            format="s16", layout="mono")
         frame.sample_rate, frame.pts, frame.time_base = 48000, self.n * 960, fractions.Fraction(1, 48000)
         self.n += 1
@@ -54,9 +58,10 @@ class Tone(MediaStreamTrack):
 class Caller:
     """An aiortc client: sends a tone, receives the avatar's video and audio, timestamps each arrival."""
 
-    def __init__(self, video=True):
+    def __init__(self, video=True, onset_s=0.0):
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.pc.addTrack(Tone())
+        self.tone = Tone(onset_s)
+        self.pc.addTrack(self.tone)
         if video:
             self.pc.addTransceiver("video", direction="recvonly")
         self.video, self.audio, self.tasks = [], [], []
@@ -99,7 +104,7 @@ def fps(arrivals, skip=5):
 @pytest.mark.slow
 async def test_offer_answer_frames_at_25_fps_and_the_audio_comes_back_delayed(avatar):
     async with serve_local(avatar, config()) as server, aiohttp.ClientSession() as http:
-        caller = Caller()
+        caller = Caller(onset_s=1.5)
         t0 = time.monotonic()
         r = await http.post(server.url + "/offer", json={"sdp": await caller.offer(), "type": "offer"})
         assert r.status == 200, await r.text()
@@ -117,6 +122,16 @@ async def test_offer_answer_frames_at_25_fps_and_the_audio_comes_back_delayed(av
                                                      else len(f.layout.channels))[:, 0] for _, f in caller.audio[-50:]])
         spectrum = np.abs(np.fft.rfft(pcm.astype(float)))
         assert abs(np.argmax(spectrum) * caller.audio[-1][1].sample_rate / len(pcm) - 440) < 5
+        # A/V sync: the tone comes back delayed by what the frames are delayed by (the server's audio-in to
+        # frame-out latency), not echoed at once -- both leave on the same pacer tick
+        back = next(t for t, f in caller.audio if np.abs(f.to_ndarray().astype(float)).max() > 3000)
+        echo_delay = back - caller.tone.onset_at
+        session = next(iter(server.state.registry.entries.values())).session
+        frame_delay = session.stats.latency_ms(50) / 1000
+        assert frame_delay > 0.15  # a chunk of audio (160 ms) must arrive before its frames can exist
+        # the server's figure starts after aiortc's receive jitter buffer; the echo also crosses Opus twice
+        # and the client's jitter buffer (measured here: ~0.18 s on loopback), so it may only be later
+        assert 0.0 <= echo_delay - frame_delay < 0.25, (echo_delay, frame_delay)
         metrics = await (await http.get(server.url + "/metrics")).text()
         assert "talkstream_sessions 1" in metrics
         fps_line = next(line for line in metrics.splitlines() if line.startswith("talkstream_session_fps"))
