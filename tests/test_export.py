@@ -1,7 +1,9 @@
 """ONNX export of the chunk step: the graph modules equal the engine's layouts and decoders, the exported
 files pass onnx.checker, and ONNX Runtime matches torch over streams longer than the KV window."""
+import atexit
 import functools
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -52,6 +54,7 @@ def exported() -> Path:
 
     model, vae, tiny = models()
     out = Path(tempfile.mkdtemp(prefix="talkstream-onnx-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     export_bundle(model, SHAPE, out, vae=vae, tiny=tiny)
     return out
 
