@@ -32,8 +32,9 @@ def main() -> None:
     print("| what | size | frames/s per core (wall clock) | frames/s per core (CPU time) |")
     print("|---|---|---|---|")
     for size in args.size:
-        warm = sample_motion(np.random.default_rng(1), 4, 25, np.ones(4, bool), 0)
-        render(Identity.sample(np.random.default_rng(1)), face_state(np.ones(4), np.ones(4), np.ones(4), warm), size)
+        warm = face_state(np.ones(4), np.ones(4), np.ones(4), sample_motion(np.random.default_rng(1), 4, 25,
+                                                                             np.ones(4, bool), 0))
+        render(Identity.sample(np.random.default_rng(1)), warm, size)
         n, wall, cpu = 0, 0.0, 0.0
         for _ in range(args.clips):
             motion = sample_motion(rng, args.frames, 25, np.ones(args.frames, bool), int(rng.integers(5)))
@@ -53,7 +54,8 @@ def main() -> None:
                 write_clip(clip, Path(tmp) / f"c{i}")
                 wall, cpu = wall + time.perf_counter() - t, cpu + time.process_time() - c
                 n += args.frames
-        print(f"| whole clip (speech, render, mp4+npz) | {size} | {n / wall:.0f} | {n / cpu:.0f} |", flush=True)
+        print(f"| whole clip (speech, render, mp4+npz) | {size} | {n / wall:.0f} | {n / cpu:.0f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Coordinates: x right, y down, both in [-1, 1] over the image.
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Sequence
 from dataclasses import astuple, dataclass, fields
 
 import numpy as np
@@ -21,6 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from engine.data.motion import FaceState
+
+Colour = tuple[float, float, float]  # RGB in [0, 1]
+Num = float | torch.Tensor  # a number, or one per frame [T, 1, 1]
 
 HAIR_STYLES = ("bald", "short", "long", "bun", "fringe", "curly")
 GLASSES = ("none", "round", "square")
@@ -82,7 +86,8 @@ class Identity:
     @staticmethod
     def from_vector(v: np.ndarray) -> "Identity":
         kinds = [f.type for f in fields(Identity)]
-        return Identity(*(int(round(float(x))) if k in (int, "int") else float(x) for x, k in zip(v, kinds)))
+        return Identity(*(int(round(float(x))) if k in (int, "int") else float(x)  # type: ignore[arg-type]
+                          for x, k in zip(v, kinds)))
 
     @staticmethod
     def distinct_count() -> int:
@@ -111,7 +116,7 @@ def _box_slices(size: int, box: tuple[float, float, float, float]) -> tuple[slic
     return idx(box[2], box[3]), idx(box[0], box[1])
 
 
-def ellipse(x, y, cx, cy, rx, ry):
+def ellipse(x: torch.Tensor, y: torch.Tensor, cx: Num, cy: Num, rx: Num, ry: Num) -> torch.Tensor:
     """Approximate signed distance to an axis-aligned ellipse (negative inside), in coordinate units."""
     k = torch.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)
     return (k - 1) * torch.minimum(torch.as_tensor(rx), torch.as_tensor(ry))
@@ -122,7 +127,7 @@ def cover(d: torch.Tensor, size: int) -> torch.Tensor:
     return (d * (-size / 2)).add_(0.5).clamp_(0, 1)
 
 
-def over(canvas: torch.Tensor, rgb, alpha: torch.Tensor) -> torch.Tensor:
+def over(canvas: torch.Tensor, rgb: Sequence[float] | torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """Lay a colour (3-vector or [..., 3, h, w]) with coverage alpha [..., h, w] over a premultiplied RGBA
     canvas [..., 4, h, w], in place where shapes allow; returns the canvas. Premultiplied "over" of an opaque
     colour is a blend towards (r, g, b, 1) by the coverage, so it is one lerp."""
@@ -136,7 +141,7 @@ def over(canvas: torch.Tensor, rgb, alpha: torch.Tensor) -> torch.Tensor:
     return canvas.lerp_(target, a)
 
 
-def _tone(rgb, factor: float) -> tuple[float, float, float]:
+def _tone(rgb: Sequence[float], factor: float) -> Colour:
     return tuple(float(np.clip(c * factor, 0, 1)) for c in rgb)  # type: ignore[return-value]
 
 
@@ -163,7 +168,7 @@ def _background(ident: Identity, size: int) -> torch.Tensor:
     return torch.cat([img.clamp(0, 1), torch.ones(1, size, size)])
 
 
-def _body(ident: Identity, size: int, skin) -> torch.Tensor:
+def _body(ident: Identity, size: int, skin: Colour) -> torch.Tensor:
     x, y = _grid(size)
     layer = torch.zeros(4, size, size)
     neck = cover(torch.maximum(x.abs() - 0.19, (y - 0.8).abs() - 0.4), size)
@@ -184,7 +189,8 @@ def _body(ident: Identity, size: int, skin) -> torch.Tensor:
     return layer
 
 
-def _head(ident: Identity, size: int, skin) -> tuple[tuple, torch.Tensor, torch.Tensor, dict]:
+def _head(ident: Identity, size: int,
+          skin: Colour) -> tuple[tuple[Colour, torch.Tensor], torch.Tensor, torch.Tensor, dict]:
     """Static head layers in head-local coordinates: behind (hair at the back, one colour: that colour and its
     coverage [S, S]), face (ears, skin, nose), front (hair in front, glasses); and the feature geometry the
     per-frame parts need."""
@@ -220,8 +226,8 @@ def _head(ident: Identity, size: int, skin) -> tuple[tuple, torch.Tensor, torch.
     face = over(face, shaded.clamp(0, 1), cover(d_face, size))
     # nose: a soft shadow on the lit side's opposite, nostrils, a highlight on the tip
     ns = 0.8 + 0.4 * ident.nose_size
-    side = -np.sign(ident.light) or 1.0
-    ridge = torch.exp(-(((x - side * 0.025 * ns) / (0.025 * ns)) ** 2) - ((y - 0.0) / (0.12 * ns)) ** 2)
+    shade_x = (float(-np.sign(ident.light)) or 1.0) * 0.025 * ns
+    ridge = torch.exp(-(((x - shade_x) / (0.025 * ns)) ** 2) - ((y - 0.0) / (0.12 * ns)) ** 2)
     face = over(face, _tone(skin, 0.7), 0.35 * ridge * (face[3] > 0.5).float())
     for s in (-1, 1):
         face = over(face, _tone(skin, 0.45), cover(ellipse(x, y, s * 0.035 * ns, 0.09, 0.018 * ns, 0.011 * ns), size))
@@ -341,7 +347,8 @@ class _Shift:
                 _span(x0 + self.x_range[0], x1 + self.x_range[1], size, within[1]))
 
     def grid(self, xs: torch.Tensor, box: Box) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shifted coordinates of the box's pixel centres: x [T, 1, w], y [T, h, 1] (broadcast to [T, h, w])."""
+        """Shifted coordinates of the box's pixel centres: x [T, 1, w], y [T, h, 1] (they broadcast to
+        [T, h, w])."""
         return xs[box[1]][None, None, :] - self.dx, xs[box[0]][None, :, None] - self.dy
 
 
@@ -350,7 +357,7 @@ def _per_frame(table: dict, expression: np.ndarray, column: int | None = None) -
     return torch.tensor(values)[:, None, None]
 
 
-def _eyes(ident: Identity, g: dict, size: int, state: FaceState, skin, xs: torch.Tensor,
+def _eyes(ident: Identity, g: dict, size: int, state: FaceState, skin: Colour, xs: torch.Tensor,
           shift: _Shift) -> list[tuple[torch.Tensor, Box]]:
     """Eyes with lids and brows for T frames: premultiplied RGBA layers [T, 4, h, w] and the head-canvas boxes
     they fill (one per eye, or one for both where their boxes meet)."""
@@ -422,7 +429,7 @@ def _eyes(ident: Identity, g: dict, size: int, state: FaceState, skin, xs: torch
     return out
 
 
-def _mouth(ident: Identity, g: dict, size: int, state: FaceState, skin, xs: torch.Tensor,
+def _mouth(ident: Identity, g: dict, size: int, state: FaceState, skin: Colour, xs: torch.Tensor,
            shift: _Shift) -> tuple[torch.Tensor, torch.Tensor, Box]:
     """Lips, cavity, teeth and tongue for T frames: the RGBA layer [T, 4, h, w], the ground truth [T, 2, h, w]
     (cavity coverage, mouth coverage) and the head-canvas box they fill."""
@@ -439,7 +446,8 @@ def _mouth(ident: Identity, g: dict, size: int, state: FaceState, skin, xs: torc
     gap = 0.13 * op  # the opening, top to bottom
     outer_ry = gap / 2 + lip * (1 + 0.3 * rd)
     # the lips' outline bounds every part but the cavity, whose edge reaches far past the lips when it is a
-    # thin slit (its distance is scaled by its tiny height); the corners bend by 0.06 (x/half_w)^2 with a smile
+    # thin slit (its distance is scaled by its tiny height); the corners bend by 0.06 (x/half_w)^2 with a
+    # smile
     hw, ro, sm, gp = (t.flatten().double().numpy() for t in (half_w, outer_ry, smile, gap))
     reach = 1 / size
     k = 1 + reach / np.minimum(hw, ro)
@@ -489,8 +497,8 @@ HEAD_SCALE, HEAD_DY = 1.12, 0.1  # the head is drawn at unit scale, then enlarge
 
 
 def _pose(state: FaceState) -> np.ndarray:
-    """Affine maps [T, 2, 3] from image to head-local coordinates, float64 (the inverse of the pose: roll about
-    the neck, yaw and pitch as foreshortening and a shift, then the head's scale and place)."""
+    """Affine maps [T, 2, 3] from image to head-local coordinates, float64 (the inverse of the pose: roll
+    about the neck, yaw and pitch as foreshortening and a shift, then the head's scale and place)."""
     roll, yaw, pitch = (np.asarray(v, np.float64) for v in (state.roll, state.yaw, state.pitch))
     tx = np.asarray(state.tx, np.float64) * 2
     ty = np.asarray(state.ty, np.float64) * 2 + HEAD_DY
@@ -514,16 +522,18 @@ def _carry(box: Box, A: np.ndarray, b: np.ndarray, size: int, within: Box) -> Bo
             _span(p[:, 0].min(), p[:, 0].max(), size, within[1]))
 
 
-def _sample(src: torch.Tensor, at: Box, out: Box, theta: np.ndarray, size: int, xs: torch.Tensor) -> torch.Tensor:
+def _sample(src: torch.Tensor, at: Box, out: Box, theta: np.ndarray, size: int,
+            xs: torch.Tensor) -> torch.Tensor:
     """The pose warp (bilinear, zero outside; theta [T, 2, 3] from `_pose`) of a head-canvas box `at` holding
     src [T or 1, C, h, w], at the pixels of image box `out`: [T, C, H, W]. It samples exactly where
     grid_sample over the whole canvas would."""
     T = len(theta)
     h, w = at[0].stop - at[0].start, at[1].stop - at[1].start
-    # grid_sample's coordinates inside `at` (align_corners=False): u = ((g + 1) * size - 2 * start) / extent - 1
+    # grid_sample's coordinates inside `at` (align_corners=False): u = ((g + 1) size - 2 start) / extent - 1
     scale = np.array([size / w, size / h])[None, :, None]  # [1, 2, 1]
     coef = theta * scale
-    coef[:, :, 2] = (theta[:, :, 2] + 1) * scale[:, :, 0] - 2 * np.array([at[1].start / w, at[0].start / h]) - 1
+    starts = np.array([at[1].start / w, at[0].start / h])
+    coef[:, :, 2] = (theta[:, :, 2] + 1) * scale[:, :, 0] - 2 * starts - 1
     c = torch.from_numpy(coef).float()[:, :, :, None, None]  # [T, 2, 3, 1, 1]
     X, Y = xs[out[1]][None, None, :], xs[out[0]][None, :, None]
     H, W = out[0].stop - out[0].start, out[1].stop - out[1].start
@@ -611,10 +621,10 @@ def render(identity: Identity, state: FaceState, size: int, batch: int = 16) -> 
         drawn |= behind > 0
     head_box = (_extent(drawn.any(1)), _extent(drawn.any(0)))
     canvas = canvas[(slice(None),) + head_box]
-    rows = torch.nonzero(drawn.any(1)).flatten()
-    first = drawn.int().argmax(1)[rows]
-    last = size - 1 - drawn.flip(1).int().argmax(1)[rows]
-    rows, first, last = rows.numpy(), first.numpy(), last.numpy()
+    drawn_rows = torch.nonzero(drawn.any(1)).flatten()  # and in each, the first and last drawn column
+    rows = drawn_rows.numpy()
+    first = drawn.int().argmax(1)[drawn_rows].numpy()
+    last = size - 1 - drawn.flip(1).int().argmax(1)[drawn_rows].numpy()
     xs = _centres(size)
     whole = (slice(0, size), slice(0, size))
     theta = _pose(state)
@@ -653,9 +663,9 @@ def render(identity: Identity, state: FaceState, size: int, batch: int = 16) -> 
             continue
         for box in _bands(rows, first, last, A, b, size, out, max(8, size // 8)):
             lay(_sample(canvas[None], head_box, box, th, size, xs), frame, box, True)
-        # the frame's eyes and mouth, laid on the face under the front hair and glasses, in boxes; each patch of
-        # the image that can see a box is warped again from a canvas box holding it (patches that would see
-        # each other's features are merged, so every sample reads the right canvas)
+        # the frame's eyes and mouth, laid on the face under the front hair and glasses, in boxes; each patch
+        # of the image that can see a box is warped again from a canvas box holding it (patches that would
+        # see each other's features are merged, so every sample reads the right canvas)
         mouth, mouth_gt, mouth_box = _mouth(identity, g, size, part, skin, xs, shift)
         features = []
         eyes = [(layer, box, None) for layer, box in _eyes(identity, g, size, part, skin, xs, shift)]
