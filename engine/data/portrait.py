@@ -273,7 +273,8 @@ def _head(ident: Identity, size: int,
 # signed distance d covers nothing where d >= 1/size (half a pixel; see `cover`), so a box is the shape's
 # extent grown by that reach and by the frames' parallax shifts, plus a pixel, and clipped to the part's
 # fixed frame in the head (features that slide past it are cut there). Outside its box a part is exactly
-# zero, so boxes change no pixel.
+# zero, so boxes change no pixel. For `ellipse`, d = (k - 1) min(rx, ry) < reach means k < 1 + reach /
+# min(rx, ry), so the shape stays within k rx of its centre across and k ry along.
 
 EXPR_BROW = {0: (0.0, 0.0), 1: (0.02, 0.0), 2: (0.01, 0.06), 3: (0.07, 0.0), 4: (-0.03, -0.08)}  # raise, tilt
 EXPR_EYE = {0: 1.0, 1: 0.8, 2: 0.9, 3: 1.3, 4: 0.85}  # eye opening
@@ -371,7 +372,8 @@ def _eyes(ident: Identity, g: dict, size: int, state: FaceState, skin: Colour, x
     hair = HAIR_COLOURS[ident.hair_colour]
     r, cy = g["eye_r"], g["eye_y"]
     ry = r * 0.62 * opening  # [T, 1, 1]
-    # extents about the eye centre: the socket shadow (almond grown by 0.006) bounds the eye; the brow arc
+    # extents about the eye centre: the socket shadow (the almond grown by 0.006) bounds every shape of the
+    # eye; the brow arc, above it, gets a box of its own
     reach = 1 / size
     ry_n = ry.flatten().double().numpy()
     k = 1 + (0.006 + reach) / np.minimum(r * 1.25, ry_n)
