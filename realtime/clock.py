@@ -112,7 +112,7 @@ class Playout:
         """Barge-in: drop everything not yet played. Returns the events a client is owed: playback_finished
         (always, `interrupted` says whether speech was cut) and the marks that will now never play."""
         pending = ([self._current] if self._current is not None else []) + list(self._queue)
-        cut = self.speaking or any(s.voiced for s in pending[1:]) or (
+        cut = self.speaking or any(s.voiced for s in self._queue) or (
             self._current is not None and self._current.voiced and self._offset < len(self._current.audio))
         position = (self.played_samples - self._utterance_start) / SAMPLE_RATE if self.speaking else 0.0
         events: list[dict] = [{"type": "playback_finished", "position": round(position, 3), "interrupted": cut,

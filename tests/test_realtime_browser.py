@@ -115,6 +115,8 @@ async def test_chromium_calls_the_avatar_and_decodes_its_video():
                     # the caller's audio (the WAV) reached the generator: the session went voiced
                     session = next(iter(server.state.registry.entries.values())).session
                     assert session.stats.latencies_ms, "no voiced chunk was generated from the browser's audio"
+                    # the page's data channel carries the session's events
+                    assert await cdp.evaluate("window.talkstream.events.some(e => e.type === 'stats')")
                     await cdp.evaluate("document.getElementById('hangup').click()")
                     await _until(lambda: server.state.registry.count == 0, 10)
                     print(f"chromium decoded {decoded} frames")

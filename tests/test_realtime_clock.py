@@ -57,6 +57,8 @@ def test_utterance_edges_and_clear():
     assert {"type": "mark", "name": "later"} in cleared
     assert p.buffered_samples == 0 and p.tick().audio_pts is None
     assert p.clear()[0]["interrupted"] is False  # a clear with nothing playing still answers
+    p.append(segment(4, True, 12000))  # speech queued but not started yet is cut too
+    assert p.clear()[0]["interrupted"] is True
 
 
 def test_adaptive_steps_walk_down_then_back_up():

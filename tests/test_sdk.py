@@ -160,6 +160,21 @@ async def test_malformed_messages_get_errors_and_the_server_keeps_serving(avatar
             assert not client.ready["resumed"]
 
 
+async def test_concurrent_callers_get_exactly_the_free_slots(avatar):
+    async with serve_local(avatar, config(max_sessions=2)) as server:
+        results = await asyncio.gather(*(AvatarClient.connect(server.ws_url) for _ in range(5)),
+                                       return_exceptions=True)
+        admitted = [r for r in results if isinstance(r, AvatarClient)]
+        refused = [r for r in results if isinstance(r, AvatarError)]
+        assert len(admitted) == 2 and len(refused) == 3
+        assert all(r.code == "session_limit" for r in refused)
+        for client in admitted:
+            await client.close()
+        await _until(lambda: server.state.registry.count == 0)
+        async with await AvatarClient.connect(server.ws_url) as client:  # admitted again once free
+            assert client.ready["type"] == "ready"
+
+
 async def test_session_limit_and_resume(avatar):
     async with serve_local(avatar, config(max_sessions=1, resume_grace_s=5.0)) as server:
         client = await AvatarClient.connect(server.ws_url)
@@ -187,11 +202,22 @@ async def test_dropped_client_is_reaped_after_the_grace_period(avatar):
         await _until(lambda: server.state.registry.count == 0, 5)
 
 
-async def test_bearer_token(avatar):
-    async with serve_local(avatar, config(token="s3cret")) as server:
+async def test_bearer_token_and_origin(avatar):
+    import aiohttp
+
+    async with serve_local(avatar, config(token="s3cret", allowed_origins=("http://app.example",))) as server:
         with pytest.raises(websockets.InvalidStatus) as refused:
             await AvatarClient.connect(server.ws_url)
         assert refused.value.response.status_code == 401
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(server.ws_url, origin="http://evil.example",
+                                     additional_headers={"Authorization": "Bearer s3cret"})
+        assert refused.value.response.status_code == 403
+        async with aiohttp.ClientSession() as http:
+            assert (await http.get(server.url + "/health")).status == 401
+            assert (await http.get(server.url + "/metrics?token=wrong")).status == 401
+            assert (await http.get(server.url + "/health", headers={"Authorization": "Bearer s3cret"})).status == 200
+            assert (await http.get(server.url + "/")).status == 200  # the page itself; its API calls carry it
         async with await AvatarClient.connect(server.ws_url, token="s3cret") as client:
             assert client.ready["type"] == "ready"
 
