@@ -26,6 +26,15 @@ from realtime.local import serve_local
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 WAV = Path(__file__).resolve().parent.parent / "engine" / "assets" / "example.wav"
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Sessions run on their own threads: one torch thread per op, as `talkstream serve` defaults to (and
+    the process-wide setting is put back for the tests that follow)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 class DevTools:
     """The smallest CDP client: send a command, wait for its reply (events are ignored)."""
@@ -76,7 +85,6 @@ async def _devtools_url(profile: Path, deadline_s: float = 20.0) -> str:
 @pytest.mark.timeout(90)
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium)")
 async def test_chromium_calls_the_avatar_and_decodes_its_video():
-    torch.set_num_threads(1)
     avatar = load_avatar(resolution=64)
     config = ServerConfig(port=0, loopback_ice=True, session=SessionConfig(steps=1))
     async with serve_local(avatar, config) as server:

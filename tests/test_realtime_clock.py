@@ -14,6 +14,16 @@ from realtime.config import SessionConfig
 from realtime.session import Session, new_generator
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Sessions run on their own threads: one torch thread per op, as `talkstream serve` defaults to (and
+    the process-wide setting is put back for the tests that follow)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def segment(n_frames, voiced, start, marks=(), value=0):
     frames = np.full((n_frames, 4, 4, 3), value, np.uint8)
     for i in range(n_frames):
@@ -99,7 +109,6 @@ class Slowed:
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
 async def test_a_live_session_behind_real_time_lowers_steps_before_dropping():
-    torch.set_num_threads(1)
     avatar = load_avatar(resolution=64)
     reference = avatar.reference(load_portrait(next(iter(shipped_portraits().values()))))
     config = SessionConfig(steps=4, live_backlog_s=0.6)

@@ -18,6 +18,16 @@ from realtime.config import ServerConfig, SessionConfig
 from realtime.local import serve_local
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Sessions run on their own threads: one torch thread per op, as `talkstream serve` defaults to (and
+    the process-wide setting is put back for the tests that follow)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class FakeInput:
     def __init__(self, samplerate, channels, dtype, blocksize, device, callback):
         assert (channels, dtype) == (1, "int16")
@@ -66,7 +76,6 @@ class FakeOutput:
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
 async def test_mic_client_streams_and_records(tmp_path):
-    torch.set_num_threads(1)
     outputs = []
     sound = types.SimpleNamespace(RawInputStream=FakeInput,
                                   RawOutputStream=lambda **kw: outputs.append(FakeOutput(**kw)) or outputs[-1])

@@ -19,10 +19,18 @@ from realtime.local import serve_local
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Sessions run on their own threads: one torch thread per op, as `talkstream serve` defaults to (and
+    the process-wide setting is put back for the tests that follow)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 @pytest.fixture(scope="module")
 def avatar():
-    torch.set_num_threads(1)
     return load_avatar(resolution=64)
 
 
