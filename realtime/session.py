@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -79,6 +79,17 @@ class _Mark:
 class _Item:
     epoch: int
     segment: Segment
+
+
+@dataclass
+class _WorkerState:
+    """What only the worker thread reads and writes."""
+
+    epoch: int = 0  # the clear this worker has applied last
+    flushing: bool = False  # end_of_utterance: pad the tail with silence now
+    last_input: float = 0.0  # arrival of the last audio push (monotonic s)
+    arrivals: deque[tuple[int, float]] = field(default_factory=deque)  # (samples pushed after, arrival)
+    marks: list[tuple[int, str]] = field(default_factory=list)  # (generator sample, name), not yet in a chunk
 
 
 class SessionStats:
@@ -298,83 +309,89 @@ class Session:
     def _generate(self) -> None:
         gen = self._generator
         gen.reset(self._reference, seed=self.config.seed)
-        epoch, flushing, last_input = 0, False, 0.0
-        arrivals: deque[tuple[int, float]] = deque()  # (generator samples pushed after, arrival time)
-        marks: list[tuple[int, str]] = []
-        chunk_samples = self.config.chunk_frames * self.audio_config.video_frames_per_latent * SAMPLES_PER_FRAME
+        w = _WorkerState()
         while not self._stopping.is_set():
-            # 1. commands, in the order the client sent them
-            try:
-                command = self._commands.get(timeout=0.005 if gen.ready() else 0.01)
-            except queue.Empty:
-                command = False
-            while command is not False:
+            for command in self._next_commands(wait_s=0.005 if gen.ready() else 0.01):
                 if command is None:
                     return
-                if isinstance(command, _Push):
-                    try:
-                        gen.push_audio(command.pcm, command.sample_rate)
-                    except EngineError as err:
-                        self._to_loop(self._emit, {"type": "error", "code": "bad_audio", "message": str(err),
-                                                   "fatal": False})
-                    self._input_taken += len(command.pcm) * SAMPLE_RATE // command.sample_rate
-                    arrivals.append((gen.pushed, command.at))
-                    last_input = command.at
-                elif isinstance(command, _EndOfUtterance):
-                    flushing = True
-                elif isinstance(command, _Mark):
-                    marks.append((gen.pushed, command.name))
-                elif isinstance(command, _Interrupt):
-                    gen.interrupt()
-                    epoch, flushing = command.epoch, False
-                    arrivals.clear()
-                    for _, name in marks:  # they will never play: owed now
-                        self._to_loop(self._emit, {"type": "mark", "name": name})
-                    marks = []
-                try:
-                    command = self._commands.get_nowait()
-                except queue.Empty:
-                    command = False
+                self._apply(command, gen, w)
             self._backlog = gen.pushed - gen.played
-            # 2. a live source that has fallen too far behind at the lowest step drops its backlog
-            if (self.live and self.adaptive.at_lowest or self.live and not self.config.adaptive) and \
+            if self.live and (self.adaptive.at_lowest or not self.config.adaptive) and \
                     self._backlog > self.config.live_backlog_s * SAMPLE_RATE:
+                # a live source that is behind even at the lowest step: drop its backlog (latency stays bounded)
                 self.stats.dropped_frames += self._backlog // SAMPLES_PER_FRAME
                 gen.interrupt()
-                arrivals.clear()
+                w.arrivals.clear()
                 self._backlog = 0
-            # 3. one chunk: real audio if there is enough, else the tail of an utterance, else idle
-            ahead = self._put_samples - self._pulled_samples + self._playout_buffered
-            idle = ahead < self.config.idle_ahead_s * SAMPLE_RATE and \
-                time.monotonic() - last_input > self.config.input_gap_s
-            if flushing and gen.played >= gen.voiced_until:
-                flushing = False
-            if not (gen.ready() or flushing or idle):
-                continue
-            if ahead > (self.config.queue_chunks + 1) * chunk_samples:
-                continue  # the queue is full: wait here, where commands still get through
-            t0 = time.perf_counter()
-            chunk = gen.step(allow_silence=True)
-            assert chunk is not None
-            compute = time.perf_counter() - t0
-            # latency is measured from the arrival of the audio of the chunk's first frame: the push that
-            # brought the sample count past it (the frame also waited for its look-ahead and the rest
-            # of the chunk, which is part of what a caller sees)
-            first_sample = chunk.first_frame * SAMPLES_PER_FRAME
-            while arrivals and arrivals[0][0] <= first_sample:
-                arrivals.popleft()
-            input_at = arrivals[0][1] if arrivals and chunk.voiced else None
-            end = (chunk.first_frame + chunk.num_frames) * SAMPLES_PER_FRAME
-            due = [m for m in marks if m[0] <= end]
-            marks = [m for m in marks if m[0] > end]
-            assert chunk.frames is not None
-            audio = np.clip(np.round(chunk.audio * 32768.0), -32768, 32767).astype(np.int16)
-            segment = Segment(chunk.frames.numpy(), audio, chunk.voiced, chunk.first_frame * SAMPLES_PER_FRAME,
-                              due, chunk.steps, compute, input_at)
-            if gen.frames_written > self.config.chunk_frames:  # the first chunk pays for warm-up
-                gen.steps = self.steps = self.adaptive.update(compute, chunk.num_frames / self.audio_config.fps)
-            self._backlog = gen.pushed - gen.played
-            self._deliver(_Item(epoch, segment))
+            if self._should_step(gen, w):
+                self._deliver(_Item(w.epoch, self._step(gen, w)))
+
+    def _next_commands(self, wait_s: float) -> list[object]:
+        """Every command waiting (after waiting up to `wait_s` for the first), in the order sent."""
+        try:
+            commands = [self._commands.get(timeout=wait_s)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                commands.append(self._commands.get_nowait())
+            except queue.Empty:
+                return commands
+
+    def _apply(self, command: object, gen: StreamingGenerator, w: _WorkerState) -> None:
+        if isinstance(command, _Push):
+            try:
+                gen.push_audio(command.pcm, command.sample_rate)
+            except EngineError as err:
+                self._to_loop(self._emit, {"type": "error", "code": "bad_audio", "message": str(err), "fatal": False})
+            self._input_taken += len(command.pcm) * SAMPLE_RATE // command.sample_rate
+            w.arrivals.append((gen.pushed, command.at))
+            w.last_input = command.at
+        elif isinstance(command, _EndOfUtterance):
+            w.flushing = True
+        elif isinstance(command, _Mark):
+            w.marks.append((gen.pushed, command.name))
+        elif isinstance(command, _Interrupt):
+            gen.interrupt()
+            w.epoch, w.flushing = command.epoch, False
+            w.arrivals.clear()
+            for _, name in w.marks:  # they will never play: owed now
+                self._to_loop(self._emit, {"type": "mark", "name": name})
+            w.marks = []
+
+    def _should_step(self, gen: StreamingGenerator, w: _WorkerState) -> bool:
+        """Real audio if there is enough; else the tail of an utterance; else an idle chunk when playout is
+        about to run dry and no input is arriving (a live stream is never padded mid-sentence)."""
+        ahead = self._put_samples - self._pulled_samples + self._playout_buffered
+        chunk_samples = self.config.chunk_frames * self.audio_config.video_frames_per_latent * SAMPLES_PER_FRAME
+        if ahead > (self.config.queue_chunks + 1) * chunk_samples:
+            return False  # enough is waiting: wait here, where commands still get through
+        if w.flushing and gen.played >= gen.voiced_until:
+            w.flushing = False
+        idle = ahead < self.config.idle_ahead_s * SAMPLE_RATE and \
+            time.monotonic() - w.last_input > self.config.input_gap_s
+        return gen.ready() or w.flushing or idle
+
+    def _step(self, gen: StreamingGenerator, w: _WorkerState) -> Segment:
+        t0 = time.perf_counter()
+        chunk = gen.step(allow_silence=True)
+        compute = time.perf_counter() - t0
+        assert chunk is not None and chunk.frames is not None
+        # latency is measured from the arrival of the audio of the chunk's first frame: the push that
+        # brought the sample count past it (the frame also waits for the rest of its chunk and the look-ahead,
+        # which is part of what a caller sees)
+        first_sample = chunk.first_frame * SAMPLES_PER_FRAME
+        while w.arrivals and w.arrivals[0][0] <= first_sample:
+            w.arrivals.popleft()
+        input_at = w.arrivals[0][1] if w.arrivals and chunk.voiced else None
+        end = first_sample + chunk.num_frames * SAMPLES_PER_FRAME
+        due = [m for m in w.marks if m[0] <= end]
+        w.marks = [m for m in w.marks if m[0] > end]
+        audio = np.clip(np.round(chunk.audio * 32768.0), -32768, 32767).astype(np.int16)
+        if gen.frames_written > self.config.chunk_frames:  # the first chunk pays for warm-up: not a measure
+            gen.steps = self.steps = self.adaptive.update(compute, chunk.num_frames / self.audio_config.fps)
+        self._backlog = gen.pushed - gen.played
+        return Segment(chunk.frames.numpy(), audio, chunk.voiced, first_sample, due, chunk.steps, compute, input_at)
 
     def _deliver(self, item: _Item) -> None:
         """Blocking put into the bounded asyncio.Queue, giving up when the session stops."""
