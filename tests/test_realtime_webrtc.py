@@ -320,3 +320,21 @@ async def test_a_call_makes_no_dns_lookups(avatar, monkeypatch):
         await until(lambda: len(caller.video) >= 5, 10)
         await caller.close()
     assert looked_up == []
+
+
+async def test_whip_ingest_of_send_only_audio(avatar):
+    """An ingest client (OBS, FFmpeg, GStreamer) only sends audio: the answer takes it, the avatar speaks it."""
+    async with serve_local(avatar, config()) as server, aiohttp.ClientSession() as http:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver(Tone(), direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        r = await http.post(server.url + "/whip", data=pc.localDescription.sdp,
+                             headers={"Content-Type": "application/sdp"})
+        assert r.status == 201, await r.text()
+        answer = await r.text()
+        assert "a=recvonly" in answer
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        session = server.state.registry.entries[r.headers["Location"].rsplit("/", 1)[1]].session
+        await until(lambda: len(session.stats.latencies_ms) >= 3, 10)  # voiced chunks made from its audio
+        assert (await http.delete(server.url + r.headers["Location"])).status == 200
+        await pc.close()
