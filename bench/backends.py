@@ -179,6 +179,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20, help="timed chunks")
     ap.add_argument("--onnx-dir", default=str(Path(tempfile.gettempdir()) / "talkstream-bench-onnx"),
                     help="where exported bundles are kept and reused")
+    ap.add_argument("--omp-passive", action="store_true",
+                    help="OMP_WAIT_POLICY=PASSIVE for the rows: torch's idle threads sleep instead of spinning "
+                         "(onnxruntime's never spin here); on a shared machine spinning threads collapse torch")
     ap.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     ap.add_argument("--row", action="store_true", help=argparse.SUPPRESS)  # internal: time one row, print JSON
     ap.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)  # internal: export a bundle
