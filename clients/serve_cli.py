@@ -6,14 +6,14 @@ import argparse
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the avatar over WebRTC (/offer, WHIP), a websocket protocol and a browser page."""
+    import asyncio
     import logging
 
     import torch
-    from aiohttp import web
 
     from engine.generate.avatar import ImageLimits, load_avatar
     from realtime.config import ServerConfig, SessionConfig
-    from realtime.server import build_app
+    from realtime.local import run_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)  # sessions run on their own threads: keep each op's pool small
@@ -28,7 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"talkstream serve: http://{args.host}:{args.port}/  ({'trained' if avatar.trained else 'random'} "
           f"weights, {args.resolution}x{args.resolution}, {args.decoder} decoder, up to {args.max_sessions} "
           f"sessions, {args.threads} torch threads)")
-    web.run_app(build_app(avatar, config), host=args.host, port=args.port, print=None)
+    asyncio.run(run_forever(avatar, config))
     return 0
 
 

@@ -1,10 +1,16 @@
-"""A server on loopback inside the current event loop: for tests, benchmarks and embedding.
+"""Running the server: in the current event loop for tests, benchmarks and embedding (`serve_local`), or in
+the foreground until SIGINT/SIGTERM (`run_forever`, what `talkstream serve` calls).
 
     async with serve_local(avatar, ServerConfig(loopback_ice=True)) as server:
         ...  # server.url is "http://127.0.0.1:<port>", server.state the ServerState
+
+Both end the sessions before aiohttp's own shutdown: aiohttp stops reading from open connections before it
+runs on_shutdown, and a websocket closed after that waits seconds for a close reply it cannot read.
 """
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -42,4 +48,15 @@ async def serve_local(avatar: Avatar, config: ServerConfig | None = None) -> Asy
     try:
         yield LocalServer(f"http://{config.host}:{port}", app)
     finally:
+        await app[STATE].end_all("server shutting down")
         await runner.cleanup()
+
+
+async def run_forever(avatar: Avatar, config: ServerConfig) -> None:
+    """Serve until SIGINT or SIGTERM, then end every session and stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with serve_local(avatar, config):
+        await stop.wait()

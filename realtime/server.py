@@ -60,6 +60,14 @@ class ServerState:
         self.registry = Registry(config.max_sessions)
         self.portraits = Portraits(avatar, config.image_limits, config.max_uploads)
         self.started_at = time.monotonic()
+        self.websockets: set[web.WebSocketResponse] = set()  # open ones, so that a shutdown can wait for them
+
+    async def end_all(self, reason: str, timeout_s: float = 2.0) -> None:
+        """End every session and give their websockets a moment to finish their close handshake."""
+        await self.registry.close_all(reason)
+        deadline = time.monotonic() + timeout_s
+        while self.websockets and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
 
 STATE = web.AppKey("state", ServerState)
@@ -269,7 +277,7 @@ async def _start_background(app: web.Application) -> None:
 
 async def _shutdown(app: web.Application) -> None:
     app[REAPER].cancel()
-    await app[STATE].registry.close_all("server shutting down")
+    await app[STATE].end_all("server shutting down")
 
 
 def check_origin(state: ServerState, request: web.Request) -> None:

@@ -167,6 +167,15 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     check_origin(state, request)
     ws = web.WebSocketResponse(max_msg_size=state.config.max_message_bytes, heartbeat=20.0)
     await ws.prepare(request)
+    state.websockets.add(ws)
+    try:
+        await _handle(state, ws)
+    finally:
+        state.websockets.discard(ws)
+    return ws
+
+
+async def _handle(state: ServerState, ws: web.WebSocketResponse) -> None:
     try:
         first = await asyncio.wait_for(ws.receive(), START_TIMEOUT_S)
         if first.type != WSMsgType.TEXT:
@@ -178,9 +187,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         text = str(err) or "no start message within 10 s"
         await ws.send_str(json.dumps({"type": "error", "code": code, "message": text, "fatal": True}))
         await ws.close(code=1013 if code == "session_limit" else 1008, message=code.encode())
-        return ws
+        return
     await _serve(state, ws, entry, start, resumed)
-    return ws
 
 
 async def _session_for(state: ServerState, start: Start) -> tuple[Entry, bool]:
