@@ -141,3 +141,45 @@ def test_speech_skips_idle_segments_waiting_ahead_of_it():
     # speech follows the idle segment that was playing; the skipped segment's mark is not lost
     assert events[0] == {"type": "playback_started", "pts": 4}
     assert {"type": "mark", "name": "idle-mark"} in events
+
+
+class Failing(Slowed):
+    """The real generator failing on its fourth step: a dummy that only injects a fault."""
+
+    def step(self, allow_silence=False):
+        self.delay_s += 1
+        if self.delay_s > 3:
+            raise RuntimeError("injected fault")
+        return self.gen.step(allow_silence)
+
+
+class Events:
+    def __init__(self):
+        self.events = []
+
+    def video(self, *a):
+        pass
+
+    def audio(self, *a):
+        pass
+
+    def event(self, e):
+        self.events.append(e)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_a_generation_error_ends_the_session_and_says_why():
+    avatar = load_avatar(resolution=64)
+    reference = avatar.reference(load_portrait(next(iter(shipped_portraits().values()))))
+    config = SessionConfig(steps=1)
+    session = Session("faulty", Failing(new_generator(avatar, config), 0), reference, config)
+    sink, released = Events(), []
+    session.attach(sink)
+    session.on_close.append(released.append)
+    session.start()
+    await asyncio.wait_for(session.done.wait(), 10)
+    errors = [e for e in sink.events if e["type"] == "error"]
+    assert errors and errors[0]["fatal"] and "injected fault" in errors[0]["message"]
+    assert session.close_reason == "generation failed" and released == [session]
+    assert not session._thread.is_alive()
