@@ -48,7 +48,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         model = DiT(dit_config(args.preset))
         print(f"model: no trained checkpoint at {checkpoint}; preset {args.preset!r} with random weights "
               "(the output measures speed, not quality)")
-    latent = args.resolution // 16 if model.cfg.name == "demo" else args.resolution // 8
+    latent = args.resolution // 8
     reference = torch.randn(1, model.cfg.in_dim, 1, latent, latent, generator=torch.Generator().manual_seed(args.seed))
     gen = StreamingGenerator(model, StreamConfig(chunk_frames=args.chunk, window_frames=args.window, steps=args.steps))
     gen.reset(reference, seed=args.seed)
@@ -75,7 +75,7 @@ def _stream_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio", help="audio file (any format PyAV reads); default: the shipped example")
     p.add_argument("--checkpoint", help="DiT safetensors; default: the shipped demo model")
     p.add_argument("--preset", default="demo", help="preset when no checkpoint is found")
-    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--resolution", type=int, default=128)
     p.add_argument("--chunk", type=int, default=1, help="latent frames per chunk")
     p.add_argument("--window", type=int, default=8, help="latent frames in the KV window")
     p.add_argument("--steps", type=int, default=4)

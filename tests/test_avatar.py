@@ -74,6 +74,6 @@ def test_generator_gives_frames_with_either_decoder(tmp_path):
         gen.push_audio(np.zeros(8000, np.float32), 16000)
         chunks = list(gen.flush())
         assert [c.frames.shape[0] for c in chunks] == [c.num_frames for c in chunks]
-        assert chunks[0].frames.shape[1:] == (256, 256, 3) and chunks[0].frames.dtype == torch.uint8
+        assert chunks[0].frames.shape[1:] == (avatar.resolution, avatar.resolution, 3) and chunks[0].frames.dtype == torch.uint8
     with pytest.raises(ConfigError, match="unknown decoder"):
         avatar.decoder("fast")

@@ -61,7 +61,7 @@ def test_taew2_1_layout_on_meta():
 
 def test_strides_of_the_presets():
     for cfg in (vae_config("demo"), tiny_vae_config("demo")):
-        assert (cfg.spatial_stride, cfg.temporal_stride) == (16, 4)
+        assert (cfg.spatial_stride, cfg.temporal_stride) == (8, 4)
     assert (vae_config("wan").spatial_stride, vae_config("wan").temporal_stride) == (8, 4)
 
 

@@ -32,6 +32,7 @@ from engine.models.vae import CausalVAE, FeatureCache, vae_config
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DECODERS = ("vae", "tiny")
+DEMO_LATENT_SIZE = 16  # the demo model's latent grid: 16x16 (128x128 frames through the demo VAE)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class Avatar:
 
 
 def load_avatar(files: AvatarFiles = AvatarFiles(), device: str | torch.device = "cpu",
-                dtype: torch.dtype = torch.float32, preset: str = "demo", resolution: int = 256,
+                dtype: torch.dtype = torch.float32, preset: str = "demo", resolution: int | None = None,
                 seed: int = 0) -> Avatar:
     """Load the DiT, VAE and tiny decoder. Where the DiT checkpoint is missing, the `preset` is built with
     random weights (seeded), so the engine still runs end to end; `Avatar.trained` says which it is."""
@@ -102,6 +103,7 @@ def load_avatar(files: AvatarFiles = AvatarFiles(), device: str | torch.device =
     for m in (model, vae, tiny):
         if m is not None:
             m.to(device).eval().requires_grad_(False)
+    resolution = resolution or vae.cfg.spatial_stride * DEMO_LATENT_SIZE
     return Avatar(model, vae, tiny, trained, resolution)
 
 

@@ -191,9 +191,9 @@ def _product(values: tuple[int, ...]) -> int:
 TINY_PRESETS: dict[str, TinyVAEConfig] = {
     "taew2_1": TinyVAEConfig("taew2_1", decoder_widths=(256, 128, 64, 64), decoder_blocks=(3, 3, 3),
                              decoder_time_up=(1, 2, 2), encoder_time_pool=(2, 2, 1)),
-    # 16x16 latents -> 256x256: time grows early, where frames are small; thin at full resolution.
-    "demo": TinyVAEConfig("demo", decoder_widths=(64, 32, 16, 8, 8), decoder_blocks=(2, 1, 1, 0),
-                          decoder_time_up=(2, 2, 1, 1), encoder_time_pool=(2, 2, 1, 1), encoder_width=32,
+    # 16x16 latents -> 128x128: time grows early, where frames are small; thin at full resolution.
+    "demo": TinyVAEConfig("demo", decoder_widths=(64, 48, 24, 16), decoder_blocks=(2, 1, 1),
+                          decoder_time_up=(2, 2, 1), encoder_time_pool=(2, 2, 1), encoder_width=32,
                           encoder_blocks=1),
 }
 

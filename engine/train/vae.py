@@ -39,7 +39,7 @@ class TrainVAEConfig:
     preset: str = "demo"
     teacher: str = ""  # trained VAE checkpoint, for model="tiny"
     init: str = ""  # start from these weights (a previous run's final checkpoint) instead of from scratch
-    resolution: int = 256
+    resolution: int = 128
     frames: int = 9
     batch: int = 4
     steps: int = 2000
@@ -53,6 +53,7 @@ class TrainVAEConfig:
     log_every: int = 20
     eval_clips: int = 16
     max_clips: int = 0  # clips of the training split held in memory (0: all; a 4 s 256² clip is ~20 MB)
+    reader: str = ""  # a trained mouth reader: evaluation also reads the mouth on reconstructions
     time_budget_s: float = 0.0  # stop training after this long (0: run all steps); the run stays resumable
     seed: int = 0
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
@@ -154,8 +155,34 @@ def evaluate(model, teacher, bank: Bank, cfg: "TrainVAEConfig") -> dict[str, flo
         scores["ssim"] += ssim(frames_of(y), frames_of(x)).item() / n
         mse = (((y - x) ** 2) * mouth).sum() / (mouth.sum() * 3).clamp(min=1)
         scores["mouth_psnr"] += float(10 * np.log10(4.0 / max(mse.item(), 1e-12))) / n
+    if cfg.reader:  # can the mouth still be read after the round trip? (the lip-sync metric needs it)
+        scores.update(reader_scores(model, teacher, bank, cfg))
     model.train()
     return scores
+
+
+@torch.no_grad()
+def reader_scores(model, teacher, bank: Bank, cfg: "TrainVAEConfig", clips: int = 8) -> dict[str, float]:
+    """Pearson r of the mouth reader's opening against the truth on whole held-out clips: on the frames
+    themselves (the ceiling) and on their reconstructions."""
+    from engine.checkpoints.io import config_from_metadata, read_metadata
+    from engine.eval.metrics import pearson
+    from engine.eval.nets import MouthReader, ReaderConfig
+    from engine.generate.decoders import to_uint8
+
+    reader = MouthReader(config_from_metadata(read_metadata(cfg.reader), ReaderConfig)).to(cfg.device)
+    reader.load_state_dict(read_state(cfg.reader))
+    s = model.cfg.temporal_stride
+    t = 1 + (bank.frames.shape[1] - 1) // s * s
+    r_true, r_rec = [], []
+    for i in range(min(clips, bank.frames.shape[0])):
+        frames = bank.frames[i, :t]
+        x = (frames.permute(3, 0, 1, 2)[None].float() / 127.5 - 1).to(cfg.device)  # [1, 3, T, H, W]
+        y = to_uint8(model.decode((teacher or model).encode(x)).clamp(-1, 1))
+        truth = bank.truth["mouth_open"][i, :t].cpu().numpy()
+        r_true.append(pearson(reader.read(frames)[:, 0].numpy(), truth))
+        r_rec.append(pearson(reader.read(y)[:, 0].numpy(), truth))
+    return {"reader_r_frames": float(np.mean(r_true)), "reader_r_reconstructed": float(np.mean(r_rec))}
 
 
 @torch.no_grad()
@@ -217,8 +244,10 @@ def train(cfg: TrainVAEConfig) -> dict[str, float]:
         else:
             loss = reconstruction_loss(y.float(), target.float(), cfg.ssim_weight, weight) \
                 + 0.5 * reconstruction_loss(y.float(), x, cfg.ssim_weight, weight)
+        # linear warm-up, then a cosine decay over the steps or the time budget, whichever ends first
+        progress = max(step / cfg.steps, (time.perf_counter() - t0) / cfg.time_budget_s if cfg.time_budget_s else 0)
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.55 + 0.45 * np.cos(np.pi * min(progress, 1.0)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
