@@ -5,7 +5,7 @@ time, as a microphone would, against an in-process server on loopback. Per sessi
 rate received (after a warm-up), the server's audio-in -> first-frame-out latency of each voiced chunk
 (p50/p95), the steps the adaptive rule settled on, and the playout underruns.
 
-    python -m bench.serve_load --sessions 1 2 3 --seconds 15 --resolution 256
+    python -m bench.serve_load --sessions 1 2 3 --seconds 15
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ async def run(args: argparse.Namespace) -> None:
     avatar = load_avatar(resolution=args.resolution)
     print(f"device: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, {args.threads} thread(s) per op; load average before: {os.getloadavg()[0]:.2f}")
-    print(f"demo preset ({'trained' if avatar.trained else 'random weights'}), {args.resolution}x{args.resolution}, "
+    print(f"demo preset ({'trained' if avatar.trained else 'random weights'}), {avatar.resolution}x{avatar.resolution}, "
           f"{args.decoder} decoder, steps start at {args.steps} (adaptive), window {args.window}")
     print("| sessions | fps per session (min / mean) | latency p50 (ms) | latency p95 (ms) | steps | "
           "chunk compute (ms) | underruns |")
@@ -94,7 +94,7 @@ def main() -> None:
     p.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--warmup", type=float, default=3.0)
-    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--resolution", type=int, help="default: the model's own (128 for the demo)")
     p.add_argument("--decoder", default="tiny")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--window", type=int, default=8)

@@ -26,7 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           image_limits=ImageLimits(max_bytes=args.max_image_bytes, max_pixels=args.max_image_pixels),
                           session=session)
     print(f"talkstream serve: http://{args.host}:{args.port}/  ({'trained' if avatar.trained else 'random'} "
-          f"weights, {args.resolution}x{args.resolution}, {args.decoder} decoder, up to {args.max_sessions} "
+          f"weights, {avatar.resolution}x{avatar.resolution}, {args.decoder} decoder, up to {args.max_sessions} "
           f"sessions, {args.threads} torch threads)")
     asyncio.run(run_forever(avatar, config))
     return 0
@@ -38,7 +38,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-sessions", type=int, default=2)
     p.add_argument("--token", help="require this bearer token on every endpoint")
     p.add_argument("--allowed-origin", action="append", default=[], help="websocket origins allowed (repeat)")
-    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--resolution", type=int, help="frame size; default: the model's own (128 for the demo)")
     p.add_argument("--decoder", choices=["tiny", "vae"], default="tiny")
     p.add_argument("--steps", type=int, choices=[4, 2, 1], default=4, help="steps a session starts with")
     p.add_argument("--fixed-steps", action="store_true", help="do not adapt the steps to hold real time")
