@@ -39,9 +39,10 @@ class Frame:
     time_base: tuple[int, int]
     width: int
     height: int
-    format: str  # "jpeg" or "raw"
+    format: str  # "jpeg", "raw" or "h264" (an Annex B access unit: feed `data` to any H.264 decoder)
     voiced: bool  # driven by speech (False: the idle face)
     data: bytes
+    keyframe: bool = False  # decodable on its own (every JPEG; an H.264 IDR)
 
     def rgb(self) -> np.ndarray:
         """[H, W, 3] uint8 of a raw frame (decode JPEG frames with any image library)."""
@@ -202,7 +203,8 @@ class AvatarClient:
                 kind, header, payload = unpack(message)
                 if kind == b"V":
                     self._frames.put(Frame(header["pts"], tuple(header["time_base"]), header["width"],
-                                           header["height"], header["format"], header["voiced"], payload))
+                                           header["height"], header["format"], header["voiced"], payload,
+                                           header.get("keyframe", False)))
                 elif kind == b"A":
                     self._audio.put(Audio(header["pts"], header["sample_rate"], np.frombuffer(payload, "<i2")))
         except websockets.ConnectionClosed:

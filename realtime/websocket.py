@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 10.0
-VIDEO_FORMATS = ("jpeg", "raw")
+VIDEO_FORMATS = ("jpeg", "raw", "h264")
 COMMANDS = ("end_of_utterance", "clear", "mark", "keepalive", "close")
 
 
@@ -135,27 +135,36 @@ class WebSocketSink:
             else:
                 _, pts, rgb, voiced = item
                 h, w = rgb.shape[:2]
-                if self.format == "jpeg":
-                    if encoder is None:
-                        encoder = _jpeg_encoder(w, h)
-                    payload = await asyncio.to_thread(_encode_jpeg, encoder, rgb)
-                else:
-                    payload = rgb.tobytes()
                 header = {"pts": pts, "time_base": [1, FPS], "width": w, "height": h, "format": self.format,
                           "voiced": voiced}
+                if self.format == "raw":
+                    payload = rgb.tobytes()
+                else:
+                    if encoder is None:
+                        encoder = _encoder(self.format, w, h)
+                    payload, header["keyframe"] = await asyncio.to_thread(_encode, encoder, rgb, pts)
                 await ws.send_bytes(pack(b"V", header, payload))
 
 
-def _jpeg_encoder(width: int, height: int) -> Any:
-    codec = av.CodecContext.create("mjpeg", "w")
-    codec.width, codec.height, codec.pix_fmt = width, height, "yuvj420p"
-    codec.time_base = Fraction(1, FPS)
+def _encoder(kind: str, width: int, height: int) -> Any:
+    """JPEG per frame, or H.264 (libx264) tuned for latency: no B-frames, no look-ahead, so each frame comes
+    out as one packet at once; a keyframe every second lets a client join or recover."""
+    if kind == "jpeg":
+        codec = av.CodecContext.create("mjpeg", "w")
+        codec.pix_fmt = "yuvj420p"
+    else:
+        codec = av.CodecContext.create("libx264", "w")
+        codec.pix_fmt, codec.gop_size = "yuv420p", FPS
+        codec.options = {"preset": "ultrafast", "tune": "zerolatency", "bf": "0"}
+    codec.width, codec.height, codec.time_base = width, height, Fraction(1, FPS)
     return codec
 
 
-def _encode_jpeg(codec: Any, rgb: np.ndarray) -> bytes:
-    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuvj420p")
-    return b"".join(bytes(p) for p in codec.encode(frame))
+def _encode(codec: Any, rgb: np.ndarray, pts: int) -> tuple[bytes, bool]:
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=codec.pix_fmt)
+    frame.pts = pts
+    packets = codec.encode(frame)
+    return b"".join(bytes(p) for p in packets), any(p.is_keyframe for p in packets)
 
 
 # ------------------------------------------------------------------------------------------- the handler

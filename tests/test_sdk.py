@@ -251,3 +251,18 @@ async def test_idle_timeout_and_shutdown_end_sessions(avatar):
     await server_cm.__aexit__(None, None, None)  # shutdown ends every session and its worker thread
     assert session.done.is_set() and not session._thread.is_alive()
     await asyncio.wait_for(client.ws.wait_closed(), 5)
+
+
+async def test_h264_video_decodes(avatar):
+    import av
+
+    frames = []
+    async with serve_local(avatar, config()) as server, await AvatarClient.connect(server.ws_url, video="h264") as c:
+        async for frame in c.frames():
+            frames.append(frame)
+            if len(frames) == 30:
+                break
+    assert frames[0].keyframe and sum(f.keyframe for f in frames) <= 2  # a keyframe per second
+    decoder = av.CodecContext.create("h264", "r")
+    pictures = [p for f in frames for packet in decoder.parse(f.data) for p in decoder.decode(packet)]
+    assert len(pictures) >= 25 and (pictures[0].width, pictures[0].height) == (64, 64)
