@@ -147,19 +147,41 @@ async def answer(pc: RTCPeerConnection, sdp: str, kind: str, sink: WebRTCSink) -
     return pc.localDescription.sdp, audio_in
 
 
+MAX_GAP_S = 1.0  # a longer hole in the caller's audio is a pause of the sender, not lost packets
+
+
 async def ingest(track: MediaStreamTrack, push: Callable[[np.ndarray, int], None]) -> None:
-    """Feed the caller's audio (Opus decoded by aiortc, 48 kHz stereo) into `push(pcm, rate)` as mono s16."""
+    """Feed the caller's audio (Opus decoded by aiortc, 48 kHz stereo) into `push(pcm, rate)` as mono s16.
+
+    aiortc hands over only the frames that arrived: a lost packet is a hole in the RTP timestamps, not a
+    frame of silence. Filling each hole (up to MAX_GAP_S) with silence keeps the session's input on real
+    time, so loss costs a few ms of the voice instead of slowing the avatar's whole timeline."""
     resampler = None
+    expected: int | None = None  # RTP timestamp of the sample after the last one pushed
     while True:
         try:
             frame = await track.recv()
         except MediaStreamError:
             return
         assert isinstance(frame, av.AudioFrame), type(frame)
+        rate = frame.sample_rate
         if resampler is None:
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=frame.sample_rate)
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+        if expected is not None and frame.pts is not None:
+            gap, limit = frame.pts - expected, int(MAX_GAP_S * rate)
+            if -limit <= gap < 0:
+                continue  # a duplicate or late frame: its time has been filled already
+            if 0 < gap <= limit:
+                _push(push, np.zeros(gap, np.int16), rate)
+            # a larger jump either way (the sender paused or restarted its clock): follow it, fill nothing
+        if frame.pts is not None:
+            expected = frame.pts + frame.samples
         for mono in resampler.resample(frame):
-            try:
-                push(mono.to_ndarray().reshape(-1), mono.sample_rate)
-            except BadAudio as err:
-                log.warning("dropping caller audio: %s", err)
+            _push(push, mono.to_ndarray().reshape(-1), mono.sample_rate)
+
+
+def _push(push: Callable[[np.ndarray, int], None], pcm: np.ndarray, rate: int) -> None:
+    try:
+        push(pcm, rate)
+    except BadAudio as err:
+        log.warning("dropping caller audio: %s", err)
