@@ -197,7 +197,7 @@ async def _handle(state: ServerState, ws: web.WebSocketResponse) -> None:
         await ws.send_str(json.dumps({"type": "error", "code": code, "message": text, "fatal": True}))
         await ws.close(code=1013 if code == "session_limit" else 1008, message=code.encode())
         return
-    await _serve(state, ws, entry, start, resumed)
+    await _serve(state, ws, entry, resumed)
 
 
 async def _session_for(state: ServerState, start: Start) -> tuple[Entry, bool]:
@@ -218,7 +218,7 @@ async def _session_for(state: ServerState, start: Start) -> tuple[Entry, bool]:
     return entry, False
 
 
-async def _serve(state: ServerState, ws: web.WebSocketResponse, entry: Entry, start: Start, resumed: bool) -> None:
+async def _serve(state: ServerState, ws: web.WebSocketResponse, entry: Entry, resumed: bool) -> None:
     session = entry.session
     rate, video = entry.sample_rate, entry.video
     for task in entry.tasks:  # a previous connection's grace timer
