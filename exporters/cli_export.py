@@ -1,7 +1,7 @@
 """`talkstream export onnx --out DIR`: write the chunk-step bundle of a preset (exporters.onnx_export), then
 stream a few chunks through ONNX Runtime beside eager torch and print how far apart they are.
 
-    talkstream export onnx --out exports/demo                      # demo preset, 256x256, chunk 1, window 8
+    talkstream export onnx --out exports/demo                      # demo preset, 128x128, chunk 1, window 8
     talkstream export onnx --out exports/demo --decoders tiny --chunk 1 --window 8 --verify-chunks 12
 
 The bundle holds the weights it was exported from: a session uses it only with the same weights (the
@@ -32,18 +32,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     for name in ("onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(name).setLevel(logging.WARNING)
     avatar = load_avatar(preset=args.preset, resolution=args.resolution, seed=args.seed, dtype=DTYPES[args.dtype])
-    stride = avatar.vae.cfg.spatial_stride
-    if args.resolution % (stride * avatar.model.cfg.patch_size[1]):
-        print(f"error: resolution {args.resolution} is not a multiple of {stride * avatar.model.cfg.patch_size[1]}")
+    stride, resolution = avatar.vae.cfg.spatial_stride, avatar.resolution
+    if resolution % (stride * avatar.model.cfg.patch_size[1]):
+        print(f"error: resolution {resolution} is not a multiple of {stride * avatar.model.cfg.patch_size[1]}")
         return 2
-    side = args.resolution // stride
+    side = resolution // stride
     shape = ChunkShape((side, side), sink_frames=1, chunk_frames=args.chunk, window_frames=args.window)
     vae = avatar.vae if "vae" in args.decoders else None
     tiny = avatar.tiny if "tiny" in args.decoders else None
     if "tiny" in args.decoders and avatar.tiny is None:
         print(f"note: preset {args.preset!r} has no tiny decoder; exporting without it")
     print(f"model: preset {args.preset!r} ({'trained' if avatar.trained else 'random weights, seed ' + str(args.seed)}), "
-          f"{args.resolution}x{args.resolution} -> {side}x{side} latents, {args.dtype}; chunk {shape}")
+          f"{resolution}x{resolution} -> {side}x{side} latents, {args.dtype}; chunk {shape}")
     t0 = time.perf_counter()
     bundle = export_bundle(avatar.model, shape, Path(args.out), vae=vae, tiny=tiny)
     print(f"exported in {time.perf_counter() - t0:.1f} s; onnx.checker passed on every graph:")
@@ -97,7 +97,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     onnx = targets.add_parser("onnx", help="the DiT chunk step and the decoders' step as ONNX graphs")
     onnx.add_argument("--out", required=True, help="folder to write the bundle into (created)")
     onnx.add_argument("--preset", default="demo", help="DiT preset when no shipped checkpoint is found")
-    onnx.add_argument("--resolution", type=int, default=256, help="square frame size in pixels")
+    onnx.add_argument("--resolution", type=int, default=None,
+                      help="square frame size in pixels (default: the preset's own, 128 for the demo)")
     onnx.add_argument("--chunk", type=int, default=1, help="latent frames per chunk")
     onnx.add_argument("--window", type=int, default=8, help="latent frames in the KV window")
     onnx.add_argument("--decoders", nargs="*", default=["vae", "tiny"], choices=["vae", "tiny"],
