@@ -109,10 +109,49 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes rendering in parallel")
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Score a talking-portrait video: lip sync, identity similarity to the portrait, drift per minute."""
+    from engine.eval.readers import load_readers
+    from engine.eval.report import evaluate_video, plot_png
+
+    mouth, identity = load_readers(args.mouth_reader, args.identity)
+    report = evaluate_video(args.video, args.portrait, args.audio, mouth, identity, args.truth, args.text)
+    print("\n".join(report.lines()))
+    if args.plot:
+        plot_png(report, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("video")
+    p.add_argument("--portrait", required=True, help="the portrait the video should look like")
+    p.add_argument("--audio", required=True, help="the audio the video should speak")
+    p.add_argument("--truth", help="SynthTalk ground truth (.npz with mouth_open); default: the npz beside the audio")
+    p.add_argument("--text", help="the transcript of the audio, aligned to it for the true opening curve")
+    p.add_argument("--plot", help="write a PNG of read vs true opening and the identity per minute")
+    p.add_argument("--mouth-reader", help="mouth reader weights (default: the shipped ones)")
+    p.add_argument("--identity", help="identity embedder weights (default: the shipped ones)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a DiT stage from a committed preset: `talkstream train demo-teacher --data D --out RUN [--flag v]`."""
+    from engine.train.dit import main as train_main
+
+    train_main(args.rest)
+    return 0
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="PRESET --data D --out RUN [--field value ...]")
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {
     "info": (cmd_info, lambda p: None),
     "stream": (cmd_stream, _stream_args),
     "data": (cmd_data, _data_args),
+    "train": (cmd_train, _train_args),
+    "eval": (cmd_eval, _eval_args),
     "export": __import__("exporters.cli_export", fromlist=["COMMAND"]).COMMAND,
     "serve": __import__("clients.serve_cli", fromlist=["SERVE"]).SERVE,
     "mic": __import__("clients.serve_cli", fromlist=["MIC"]).MIC,

@@ -70,20 +70,35 @@ class SynthTalk:
         return ClipArrays(frames, audio.astype(np.float32), truth, row)
 
     def bank(self, size: int | None = None, device: str | torch.device = "cpu", limit: int | None = None) -> "Bank":
-        """Every clip (up to `limit`) in memory as uint8 tensors, frames resized to `size` if given."""
-        clips = [self.load(i) for i in range(min(len(self), limit or len(self)))]
-        if len({len(c.frames) for c in clips}) > 1:
-            raise DataError("a bank stacks clips of one length; these folders mix lengths "
-                            f"{sorted({len(c.frames) for c in clips})}")
-        frames = torch.stack([_resize(torch.from_numpy(c.frames), size) for c in clips]).to(device)
-        masks = torch.stack([_resize(torch.from_numpy(np.stack([c.truth["face_mask"], c.truth["mouth_mask"]], -1)),
-                                     size) for c in clips]).to(device)
-        per_frame = {k: torch.from_numpy(np.stack([c.truth[k] for c in clips]).astype(np.float32)).to(device)
-                     for k in ("mouth_open", "mouth_width", "mouth_round", "mouth_open_drawn", "speaking", "yaw",
-                               "pitch", "roll", "blink", "expression", "viseme")}
-        audio = [c.audio for c in clips]
-        ids = torch.tensor([c.row["identity_id"] for c in clips], device=device)
-        return Bank(frames, masks, per_frame, audio, ids, [c.row for c in clips])
+        """Every clip (up to `limit`) in memory as uint8 tensors on `device`, frames resized to `size` if
+        given. Clips are loaded one at a time into preallocated tensors, so host memory holds one clip."""
+        count = min(len(self), limit or len(self))
+        frames = masks = None
+        truth: dict[str, torch.Tensor] = {}
+        audio, ids, rows = [], [], []
+        for i in range(count):
+            c = self.load(i)
+            f = _resize(torch.from_numpy(c.frames), size)
+            m = _resize(torch.from_numpy(np.stack([c.truth["face_mask"], c.truth["mouth_mask"]], -1)), size)
+            if frames is None:
+                frames = torch.empty((count, *f.shape), dtype=torch.uint8, device=device)
+                masks = torch.empty((count, *m.shape), dtype=torch.uint8, device=device)
+            elif f.shape != frames.shape[1:]:
+                raise DataError(f"a bank stacks clips of one length and size; clip {c.row['id']} is "
+                                f"{tuple(f.shape)}, the first was {tuple(frames.shape[1:])}")
+            frames[i], masks[i] = f.to(device), m.to(device)
+            for k in PER_FRAME:
+                truth.setdefault(k, torch.empty((count, len(f)), device=device))[i] = \
+                    torch.from_numpy(c.truth[k].astype(np.float32))
+            audio.append(c.audio)
+            ids.append(c.row["identity_id"])
+            rows.append(c.row)
+        assert frames is not None and masks is not None
+        return Bank(frames, masks, truth, audio, torch.tensor(ids, device=device), rows)
+
+
+PER_FRAME = ("mouth_open", "mouth_width", "mouth_round", "mouth_open_drawn", "speaking", "yaw", "pitch", "roll",
+             "blink", "expression", "viseme")
 
 
 def read_frames(path: Path, size: int) -> np.ndarray:
@@ -119,13 +134,17 @@ class Bank:
     identity_ids: torch.Tensor  # [N]
     rows: list[dict]
 
-    def windows(self, batch: int, frames: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random windows: video [B, 3, frames, S, S] in [-1, 1] and masks [B, 2, frames, S, S] in [0, 1]."""
+    def window_index(self, batch: int, frames: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random windows as (clip [B], frame indices [B, frames])."""
         n, t = self.frames.shape[:2]
         dev = self.frames.device
         clip = torch.randint(n, (batch,), generator=generator, device=dev)
         start = torch.randint(t - frames + 1, (batch,), generator=generator, device=dev)
-        idx = start[:, None] + torch.arange(frames, device=dev)  # [B, frames]
+        return clip, start[:, None] + torch.arange(frames, device=dev)
+
+    def windows(self, batch: int, frames: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random windows: video [B, 3, frames, S, S] in [-1, 1] and masks [B, 2, frames, S, S] in [0, 1]."""
+        clip, idx = self.window_index(batch, frames, generator)
         video = self.frames[clip[:, None], idx]  # [B, frames, S, S, 3]
         masks = self.masks[clip[:, None], idx]
         return (video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1, masks.permute(0, 4, 1, 2, 3).float() / 255)

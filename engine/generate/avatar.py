@@ -26,12 +26,13 @@ from engine.checkpoints.wan import load_dit
 from engine.errors import ConfigError, ImageError
 from engine.generate.decoders import StreamDecoder, TinyDecoder, VAEDecoder
 from engine.generate.streaming import StreamConfig, StreamingGenerator
-from engine.models.dit import DiT, dit_config
+from engine.models.dit import DiT, dit_config, emotion_tokens
 from engine.models.tiny_vae import TinyVAE, tiny_vae_config
 from engine.models.vae import CausalVAE, FeatureCache, vae_config
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DECODERS = ("vae", "tiny")
+EMOTIONS = ("neutral", "happy", "sad", "surprised", "angry")  # the demo model's emotion tokens (SynthTalk's)
 DEMO_LATENT_SIZE = 16  # the demo model's latent grid: 16x16 (128x128 frames through the demo VAE)
 
 
@@ -73,9 +74,13 @@ class Avatar:
         raise ConfigError(f"unknown decoder {name!r}; choose one of "
                          f"{list(DECODERS) if self.tiny is not None else ['vae']}")
 
-    def generator(self, config: StreamConfig = StreamConfig(), decoder: str | None = "vae") -> StreamingGenerator:
-        """A session's generator; `decoder=None` yields latents only."""
-        return StreamingGenerator(self.model, config, decoder=self.decoder(decoder) if decoder else None)
+    def generator(self, config: StreamConfig = StreamConfig(), decoder: str | None = "vae",
+                  emotion: int = 0) -> StreamingGenerator:
+        """A session's generator; `decoder=None` yields latents only; `emotion` indexes EMOTIONS."""
+        if not 0 <= emotion < len(EMOTIONS):
+            raise ConfigError(f"emotion must be 0..{len(EMOTIONS) - 1} ({', '.join(EMOTIONS)}), got {emotion}")
+        text = emotion_tokens(torch.tensor([emotion]), self.model.cfg.text_dim) if self.model.cfg.text_dim else None
+        return StreamingGenerator(self.model, config, decoder=self.decoder(decoder) if decoder else None, text=text)
 
 
 def load_avatar(files: AvatarFiles = AvatarFiles(), device: str | torch.device = "cpu",

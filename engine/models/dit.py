@@ -296,6 +296,12 @@ class DiT(nn.Module):
         return out.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(B, cfg.out_dim, F * pt, gh * ph, gw * pw)
 
 
+def emotion_tokens(expression: torch.Tensor, text_dim: int) -> torch.Tensor:
+    """Expression ids [B] (SynthTalk: neutral, happy, sad, surprised, angry) -> one text token per clip
+    [B, 1, text_dim], a one-hot: the demo model's text condition (no text encoder is shipped)."""
+    return F.one_hot(expression.long(), text_dim).float()[:, None]
+
+
 # ----------------------------------------------------------------------------- configs and presets
 
 @dataclass(frozen=True)

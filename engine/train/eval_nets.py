@@ -43,6 +43,7 @@ class TrainReaderConfig:
     public_identities: int = 512
     eval_clips: int = 64
     max_clips: int = 0
+    vae: str = ""  # mouth: half of each batch is read from this VAE's reconstructions (generated frames)
     time_budget_s: float = 0.0
     log_every: int = 50
     seed: int = 0
@@ -110,6 +111,27 @@ def public_frames(count: int, size: int, seed: int = PUBLIC_SEED) -> torch.Tenso
     return torch.from_numpy(np.stack(frames))
 
 
+@torch.no_grad()
+def reconstructed_clip(vae, frames: torch.Tensor) -> torch.Tensor:
+    """uint8 [T, S, S, 3] (T = 1 + 4k) -> its VAE round trip, uint8 [T, S, S, 3]."""
+    video = frames.permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    y = vae.decode(vae.encode(video)).float()
+    return ((y[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0)
+
+
+@torch.no_grad()
+def reconstructed(vae, bank: Bank, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """n frames taken from VAE round trips of 9-frame windows: (uint8 [n, S, S, 3], indices [n, 2])."""
+    k = 9
+    clips, idx = bank.window_index((n + k - 1) // k, k, g)
+    video = bank.frames[clips[:, None], idx].permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # [b, 3, k, S, S]
+    with torch.autocast("cuda", torch.bfloat16, enabled=video.is_cuda):
+        y = vae.decode(vae.encode(video)).float()
+    frames = ((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).flatten(0, 1)
+    index = torch.stack([clips[:, None].expand(-1, k), idx], -1).flatten(0, 1)
+    return frames[:n], index[:n]
+
+
 # ----------------------------------------------------------------------------- scores
 
 @torch.no_grad()
@@ -157,6 +179,11 @@ def train(cfg: TrainReaderConfig) -> dict[str, float]:
     eval_bank = SynthTalk(folders, "eval").bank(size, cfg.device, cfg.eval_clips)
     model = (MouthReader(net_cfg) if cfg.model == "mouth" else IdentityEmbedder(net_cfg)).to(cfg.device).train()
     public = public_frames(cfg.public_identities, size).to(cfg.device) if cfg.model == "identity" else None
+    vae = None
+    if cfg.vae:
+        from engine.checkpoints.vae import load_vae
+
+        vae = load_vae(cfg.vae).to(cfg.device).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     g = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     log = (out / "log.jsonl").open("a")
@@ -169,6 +196,8 @@ def train(cfg: TrainReaderConfig) -> dict[str, float]:
             group["lr"] = lr
         if cfg.model == "mouth":
             frames, idx = random_frames(train_bank, cfg.batch, g)
+            if vae is not None:  # half the batch: frames through the VAE, as generated frames are
+                frames[: cfg.batch // 2], idx[: cfg.batch // 2] = reconstructed(vae, train_bank, cfg.batch // 2, g)
             target = torch.stack([train_bank.truth[k][idx[:, 0], idx[:, 1]]
                                   for k in ("mouth_open", "mouth_width", "mouth_round")], 1)
             pred = model(degrade(prepare(frames, size), g))
@@ -193,6 +222,13 @@ def train(cfg: TrainReaderConfig) -> dict[str, float]:
             log.write(json.dumps({"step": step, "loss": loss.item(), "s": round(time.perf_counter() - t0, 1)}) + "\n")
             log.flush()
     scores = score_mouth(model, eval_bank) if cfg.model == "mouth" else score_identity(model, eval_bank)  # type: ignore[arg-type]
+    if vae is not None:  # the same score on the VAE's reconstructions of the held-out clips
+        with torch.no_grad():
+            t = 1 + (eval_bank.frames.shape[1] - 1) // 4 * 4
+            rec = [reconstructed_clip(vae, eval_bank.frames[i, :t]) for i in range(eval_bank.frames.shape[0])]
+        recon_bank = Bank(torch.stack(rec), eval_bank.masks[:, :t], {k: v[:, :t] for k, v in eval_bank.truth.items()},
+                          eval_bank.audio, eval_bank.identity_ids, eval_bank.rows)
+        scores |= {f"reconstructed_{k}": v for k, v in score_mouth(model, recon_bank).items()}  # type: ignore[arg-type]
     save_state(out / "final.safetensors", model.state_dict(), net_cfg, kind=type(model).__name__,
                metrics=json.dumps(scores), steps=str(step), recipe=json.dumps(asdict(cfg)))
     log.write(json.dumps({"step": step, "eval": scores}) + "\n")

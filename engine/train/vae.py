@@ -54,6 +54,8 @@ class TrainVAEConfig:
     eval_clips: int = 16
     max_clips: int = 0  # clips of the training split held in memory (0: all; a 4 s 256² clip is ~20 MB)
     reader: str = ""  # a trained mouth reader: evaluation also reads the mouth on reconstructions
+    decoder_only: bool = False  # fine-tune the decoder of `init` alone: the latent space (and any DiT
+    # trained on it) stays as it is, as with the ft-MSE decoders of latent diffusion
     time_budget_s: float = 0.0  # stop training after this long (0: run all steps); the run stays resumable
     seed: int = 0
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
@@ -210,12 +212,21 @@ def train(cfg: TrainVAEConfig) -> dict[str, float]:
     teacher = load_vae(cfg.teacher).to(cfg.device) if cfg.model == "tiny" else None
     if teacher is not None:
         teacher.requires_grad_(False)
-    model = (CausalVAE(vae_config(cfg.preset)) if cfg.model == "vae" else TinyVAE(tiny_vae_config(cfg.preset)))
+    if cfg.decoder_only:
+        if cfg.model != "vae" or not cfg.init:
+            raise ConfigError("decoder_only fine-tunes the decoder of a trained VAE: model='vae' and init=PATH")
+        model = load_vae(cfg.init)  # its config carries the latent statistics, which stay
+    else:
+        model = CausalVAE(vae_config(cfg.preset)) if cfg.model == "vae" else TinyVAE(tiny_vae_config(cfg.preset))
     model = model.to(cfg.device).train()
-    params = model.decoder.parameters() if cfg.model == "tiny" else model.parameters()
+    if cfg.decoder_only:
+        model.encoder.requires_grad_(False)
+        model.conv1.requires_grad_(False)
+    params = (model.decoder.parameters() if cfg.model == "tiny" else
+              [p for p in model.parameters() if p.requires_grad])
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     step = 0
-    if cfg.init:
+    if cfg.init and not cfg.decoder_only:
         model.load_state_dict(read_state(cfg.init))
     if (out / "state.json").exists():  # resume
         state = json.loads((out / "state.json").read_text())
@@ -240,7 +251,7 @@ def train(cfg: TrainVAEConfig) -> dict[str, float]:
         # losses in float32, outside autocast: SSIM's variances cancel catastrophically in bf16
         if teacher is None:
             kl = 0.5 * (mu.float() ** 2 + log_var.float().exp() - 1 - log_var.float()).mean()
-            loss = reconstruction_loss(y.float(), x, cfg.ssim_weight, weight) + cfg.kl_weight * kl
+            loss = reconstruction_loss(y.float(), x, cfg.ssim_weight, weight) + cfg.kl_weight * kl * (not cfg.decoder_only)
         else:
             loss = reconstruction_loss(y.float(), target.float(), cfg.ssim_weight, weight) \
                 + 0.5 * reconstruction_loss(y.float(), x, cfg.ssim_weight, weight)
@@ -259,7 +270,7 @@ def train(cfg: TrainVAEConfig) -> dict[str, float]:
         if step % cfg.save_every == 0 or step == cfg.steps:
             save_checkpoint(out, model, opt, step, cfg)
     save_checkpoint(out, model, opt, step, cfg)
-    if teacher is None:  # measure the latent statistics the DiT will be normalised with
+    if teacher is None and not cfg.decoder_only:  # measure the latent statistics the DiT will be normalised with
         mean, std = latent_statistics(model, train_bank, cfg, max(4, cfg.eval_clips))
         final = CausalVAE(model.cfg.with_statistics(mean, std)).to(cfg.device)
         final.load_state_dict(model.state_dict())
