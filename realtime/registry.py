@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from engine.errors import ImageError
-from engine.generate.avatar import Avatar, ImageLimits, load_portrait, shipped_portraits
+from engine.generate.avatar import Avatar, ImageLimits, fit_square, load_portrait, shipped_portraits
 from realtime.config import ServerConfig
 from realtime.errors import BadPortrait, SessionLimit
 from realtime.session import Session, new_generator
@@ -108,8 +108,13 @@ class Portraits:
         return [*self.shipped, *self.uploads]
 
     async def upload(self, data: bytes) -> str:
+        """Decode (limits checked on the header first) and keep the portrait at the model's own size: a
+        16-megapixel upload would otherwise hold 48 MB for as long as it stays on the list."""
+        def decode() -> np.ndarray:
+            return fit_square(load_portrait(data, self.limits), self.avatar.resolution)
+
         try:
-            image = await asyncio.to_thread(load_portrait, data, self.limits)
+            image = await asyncio.to_thread(decode)
         except ImageError as err:
             raise BadPortrait(str(err)) from err
         name = f"upload-{secrets.token_hex(6)}"
