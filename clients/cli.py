@@ -24,64 +24,74 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    """Stream audio through the StreamingGenerator chunk by chunk, as a live session would, and report speed."""
+    """Stream audio through the demo model chunk by chunk, as a live session would: an mp4 with the audio."""
     import time
     from pathlib import Path
 
     import torch
 
     from engine.audio.io import load_audio
-    from engine.checkpoints import load_dit, save_state
-    from engine.generate.streaming import StreamConfig, StreamingGenerator
-    from engine.models.dit import DiT, dit_config
+    from engine.generate.avatar import ASSETS, EMOTIONS, AvatarFiles, load_avatar, load_portrait, shipped_portraits
+    from engine.generate.mp4 import Mp4Writer
+    from engine.generate.streaming import StreamConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    assets = Path(__file__).resolve().parent.parent / "engine" / "assets"
-    audio = load_audio(args.audio or assets / "example.wav")
-    checkpoint = Path(args.checkpoint) if args.checkpoint else assets / "demo-dit.safetensors"
-    if checkpoint.exists():
-        model = load_dit(checkpoint)
-        print(f"model: {checkpoint}")
-    else:
-        torch.manual_seed(args.seed)
-        model = DiT(dit_config(args.preset))
-        print(f"model: no trained checkpoint at {checkpoint}; preset {args.preset!r} with random weights "
-              "(the output measures speed, not quality)")
-    latent = args.resolution // 8
-    reference = torch.randn(1, model.cfg.in_dim, 1, latent, latent, generator=torch.Generator().manual_seed(args.seed))
-    gen = StreamingGenerator(model, StreamConfig(chunk_frames=args.chunk, window_frames=args.window, steps=args.steps))
-    gen.reset(reference, seed=args.seed)
-    gen.push_audio(audio, 16000)
-    latents, times = [], []
+    files = AvatarFiles(**{k: Path(v) for k, v in (("dit", args.checkpoint),) if v})
+    avatar = load_avatar(files, seed=args.seed)
+    print(f"model: {files.dit if avatar.trained else 'random weights (no trained checkpoint found): speed, not faces'}")
+    portrait_path = args.portrait or next(iter(shipped_portraits().values()))
+    audio_path = args.audio or ASSETS / "example.wav"
+    audio = load_audio(audio_path)
+    gen = avatar.generator(StreamConfig(chunk_frames=args.chunk, window_frames=args.window, steps=args.steps),
+                           decoder=args.decoder, emotion=EMOTIONS.index(args.emotion))
     t0 = time.perf_counter()
-    with torch.no_grad():
+    gen.reset(avatar.reference(load_portrait(portrait_path)), seed=args.seed)
+    gen.push_audio(audio, 16000)
+    first, frames = None, 0
+    with Mp4Writer(args.out, fps=25, size=avatar.resolution) as out, torch.no_grad():
         for chunk in gen.flush():
-            times.append(time.perf_counter() - t0)
-            latents.append(chunk.latents)
-            frames = chunk.first_frame + chunk.num_frames
-    compute = times[-1]
-    seconds = frames / 25
-    print(f"audio {len(audio) / 16000:.2f} s -> {len(latents)} chunks, {frames} video frames ({seconds:.2f} s at 25 fps)")
-    print(f"compute {compute:.2f} s: {frames / compute:.1f} fps, real-time factor {seconds / compute:.2f}x, "
-          f"first chunk {times[0] * 1000:.0f} ms; decode not included (no trained demo VAE is shipped yet)")
-    if args.out:
-        save_state(args.out, {"latents": torch.cat(latents, 2)}, kind="latents", fps="25")
-        print(f"latents written to {args.out}")
+            first = first or time.perf_counter() - t0
+            out.write(chunk.frames.numpy(), chunk.audio)
+            frames += chunk.num_frames
+    compute = time.perf_counter() - t0
+    print(f"{portrait_path} speaking {audio_path}: {frames} frames ({frames / 25:.2f} s at 25 fps), {args.steps} steps, "
+          f"{args.decoder} decoder -> {args.out}")
+    print(f"compute {compute:.2f} s, decode and mp4 included: {frames / compute:.1f} fps "
+          f"({frames / 25 / compute:.2f}x real time), first chunk {first * 1000:.0f} ms")
+    if args.score:
+        return _score(args.out, portrait_path, audio_path)
+    return 0
+
+
+def _score(video: str, portrait, audio) -> int:
+    from engine.errors import CheckpointError
+    from engine.eval.readers import load_readers
+    from engine.eval.report import evaluate_video
+
+    try:
+        mouth, identity = load_readers()
+    except CheckpointError as e:
+        print(f"not scored: {e}")
+        return 0
+    print("\n".join(evaluate_video(video, str(portrait), str(audio), mouth, identity).lines()))
     return 0
 
 
 def _stream_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--portrait", help="portrait image (PNG/JPEG/WebP); default: the first shipped portrait")
     p.add_argument("--audio", help="audio file (any format PyAV reads); default: the shipped example")
     p.add_argument("--checkpoint", help="DiT safetensors; default: the shipped demo model")
-    p.add_argument("--preset", default="demo", help="preset when no checkpoint is found")
-    p.add_argument("--resolution", type=int, default=128)
+    p.add_argument("--out", default="talkstream-demo.mp4")
+    p.add_argument("--decoder", default="vae", choices=["vae", "tiny"])
+    p.add_argument("--emotion", default="neutral", choices=["neutral", "happy", "sad", "surprised", "angry"])
     p.add_argument("--chunk", type=int, default=1, help="latent frames per chunk")
     p.add_argument("--window", type=int, default=8, help="latent frames in the KV window")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out", help="write the latents to this .safetensors file")
+    p.add_argument("--score", action=argparse.BooleanOptionalAction, default=True,
+                   help="score the result with `talkstream eval` (lip sync, identity)")
 
 
 def cmd_data(args: argparse.Namespace) -> int:

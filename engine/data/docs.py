@@ -70,9 +70,33 @@ def portraits(out: Path, count: int = 4, size: int = 256) -> list[Path]:
     return written
 
 
+def example_audio(out: Path, seconds: float = 8.0, seed: int = 2026) -> Path:
+    """The shipped example: held-out sentences in a held-out voice, with pauses, as example.wav, and its
+    ground truth (mouth opening, speaking) as example.npz, so `talkstream eval` can score a render of it."""
+    import av
+
+    from engine.data.espeak import speak_clip
+
+    clip = speak_clip(np.random.default_rng(seed), seconds, "eval")
+    path = out / "example.wav"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray((np.clip(clip.audio, -1, 1) * 32767).astype(np.int16)[None],
+                                           format="s16", layout="mono")
+        frame.sample_rate = 16000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    np.savez(out / "example.npz", mouth_open=clip.mouth.open, speaking=clip.mouth.speaking,
+             text=np.array(clip.text), voice=np.array(clip.voice.key))
+    return path
+
+
 if __name__ == "__main__":
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs")
     out.mkdir(exist_ok=True)
     identity_sheet(out / "synthtalk-identities.png")
     utterance_strip(out / "synthtalk-utterance-strip.png")
     portraits(Path(__file__).resolve().parent.parent / "assets" / "portraits")
+    example_audio(Path(__file__).resolve().parent.parent / "assets")
