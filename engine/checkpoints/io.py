@@ -99,6 +99,17 @@ def save_state(path: str | os.PathLike[str], state: dict[str, torch.Tensor], con
     os.replace(tmp, p)
 
 
+def save_half(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Copy a checkpoint with its floating tensors in float16 and its metadata unchanged: the shipped form
+    (loaders cast back to the dtype they are asked for)."""
+    from safetensors.torch import save_file
+
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in read_state(src).items()}
+    tmp = Path(dst).with_name(Path(dst).name + ".tmp")
+    save_file(state, str(tmp), metadata=read_metadata(src))
+    os.replace(tmp, dst)
+
+
 def check_tensors(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], what: str,
                   optional: re.Pattern[str] | None = None,
                   hints: list[tuple[re.Pattern[str], str]] = []) -> list[str]:

@@ -8,13 +8,7 @@ VAE=${VAE:-engine/assets/demo-vae.safetensors}
 t0=$(date +%s)
 [ -n "${SKIP_SYNTH:-}" ] || { synth "${CLIPS:-800}" > /tmp/synth.log 2>&1; tail -n 1 /tmp/synth.log >> "$OUT/times.txt"; }
 echo "synth: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/times.txt"
-half() { python3 -c "
-import sys, torch
-from engine.checkpoints.io import read_metadata, read_state, save_state
-m = read_metadata(sys.argv[1]); kind = m.pop('kind', 'dit'); m.pop('config', None)
-from engine.checkpoints.wan import load_dit
-model = load_dit(sys.argv[1]).half()
-save_state(sys.argv[2], model.state_dict(), model.cfg, kind=kind, **m)" "$1" "$2"; }
+half() { python3 -c "import sys; from engine.checkpoints.io import save_half; save_half(*sys.argv[1:])" "$1" "$2"; }
 for stage in ${STAGES:-teacher student}; do
   case $stage in
     teacher) python3 -m engine.train.dit demo-teacher --data /tmp/synthtalk --out /tmp/teacher --vae "$VAE" \
