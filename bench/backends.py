@@ -97,6 +97,10 @@ def row(args: argparse.Namespace) -> dict:
     model, decoder, stride = build(args)
     side = args.resolution // stride
     shape = ChunkShape((side, side), 1, args.chunk_size, args.window)
+    if args.backend == "onnxruntime-cpu":
+        # onnxruntime gets the threads; torch only glues (RoPE tables, the sampler's arithmetic, uint8 frames),
+        # and a second thread for such small tensors waits on the other core more than it helps.
+        torch.set_num_threads(1)
     onnx_dir = bundle_for(args, model, decoder, shape) if args.backend.startswith("onnxruntime") else None
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -263,7 +267,8 @@ def main() -> None:
               f"{f', the best of {args.attempts} runs (fresh processes)' if args.attempts > 1 else ''}; end to end "
               f"from pushed audio to uint8 frames ("
               f"{'decode included: ' + args.decoder if args.decoder != 'none' else 'decode NOT included'}). "
-              f"CPU ms/chunk: process CPU time (all threads) per chunk. Peak memory: "
+              f"CPU ms/chunk: process CPU time (all threads) per chunk. onnxruntime-cpu rows give onnxruntime the "
+              f"threads and torch's glue one. Peak memory: "
               f"{'torch.cuda.max_memory_allocated' if args.device == 'cuda' else 'peak RSS of the row process'}. "
               f"Load average (1, 5, 15 min) at the start: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}; at the end: "
               f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}.")]
