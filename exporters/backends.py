@@ -102,9 +102,8 @@ class TorchBackend:
         self.model, self.shape = model.eval(), shape
         self.cache = KVCache(shape.cache_config(model), batch=1, device=p.device, dtype=p.dtype)
         self.frames_written = 0
-        kind = decoder_kind(decoder)
         self.decoder = None if decoder is None else \
-            VAEDecoder(decoder) if kind == "vae" else TinyDecoder(decoder)  # type: ignore[arg-type]
+            VAEDecoder(decoder) if isinstance(decoder, CausalVAE) else TinyDecoder(decoder)
         self.decodes = decoder is not None
 
     @torch.no_grad()
@@ -212,7 +211,8 @@ class CudaGraphBackend:
             s.copy_(new)
         return video
 
-    def _replay(self, key: object, body, mutable: list[torch.Tensor]) -> torch.Tensor | None:  # type: ignore[no-untyped-def]
+    def _replay(self, key: object, body: Callable[[], torch.Tensor | None],
+                mutable: list[torch.Tensor]) -> torch.Tensor | None:
         """Replay the graph of `key`, capturing it on first use. The warm-up run before a capture writes the
         `mutable` buffers (the ring, the decoder state), so they are restored before the capture (which runs
         nothing) and the replay that does the real work."""

@@ -14,6 +14,11 @@ import argparse
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the command imports torch and the models only when it runs
+    from engine.generate.avatar import Avatar
+    from exporters.chunk_graph import ChunkShape
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +66,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def verify(root: Path, avatar, shape, kind: str | None, chunks: int) -> tuple[float, float, int]:  # type: ignore[no-untyped-def]
+def verify(root: Path, avatar: Avatar, shape: ChunkShape, kind: str | None, chunks: int) -> tuple[float, float, int]:
     """Stream `chunks` chunks (2 steps, random audio tokens and noise) through onnxruntime-cpu and eager torch
     from the same inputs; the worst relative error of the latents and of the KV ring, and the worst frame
     difference."""
