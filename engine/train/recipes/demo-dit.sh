@@ -12,14 +12,14 @@ half() { python3 -c "import sys; from engine.checkpoints.io import save_half; sa
 for stage in ${STAGES:-teacher student}; do
   case $stage in
     teacher) python3 -m engine.train.dit demo-teacher --data /tmp/synthtalk --out /tmp/teacher --vae "$VAE" \
-               --time-budget-s "${TEACHER_S:-240}" >> "$OUT/logs.txt" 2>&1
+               --time-budget-s "${TEACHER_S:-240}" ${DIT_ARGS:-} >> "$OUT/logs.txt" 2>&1
              half /tmp/teacher/final.safetensors "$OUT/teacher.safetensors"; TEACHER=/tmp/teacher/final.safetensors ;;
     student) python3 -m engine.train.dit demo-student --data /tmp/synthtalk --out /tmp/student --vae "$VAE" \
-               --init "${INIT:-/tmp/teacher/final.safetensors}" --time-budget-s "${STUDENT_S:-180}" >> "$OUT/logs.txt" 2>&1
+               --init "${INIT:-/tmp/teacher/final.safetensors}" --time-budget-s "${STUDENT_S:-180}" ${DIT_ARGS:-} >> "$OUT/logs.txt" 2>&1
              half /tmp/student/final.safetensors "$OUT/student.safetensors" ;;
     distill) python3 -m engine.train.dit demo-distill --data /tmp/synthtalk --out /tmp/distill --vae "$VAE" \
                --init "${INIT:-/tmp/student/final.safetensors}" --teacher "$TEACHER" \
-               --time-budget-s "${DISTILL_S:-240}" >> "$OUT/logs.txt" 2>&1
+               --time-budget-s "${DISTILL_S:-240}" ${DIT_ARGS:-} >> "$OUT/logs.txt" 2>&1
              half /tmp/distill/final.safetensors "$OUT/demo-dit.safetensors" ;;
     eval)    python3 -m engine.eval.heldout --data /tmp/synthtalk --dit "$OUT/demo-dit.safetensors" --vae "$VAE" \
                --teacher "$TEACHER" --mouth-reader "$READER" --identity "$IDENTITY" --clips "${EVAL_CLIPS:-16}" \
