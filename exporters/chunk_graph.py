@@ -111,7 +111,7 @@ class TensorChunkLayout:
     RoPE) and values of every layer are kept in `new_k`/`new_v` for the caller to write into the ring."""
 
     def __init__(self, sink_k: torch.Tensor, sink_v: torch.Tensor, ring_k: torch.Tensor, ring_v: torch.Tensor,
-                 mask: torch.Tensor, tables: RopeTables, record: bool):
+                 mask: torch.Tensor | None, tables: RopeTables, record: bool):
         self.sink_k, self.sink_v, self.ring_k, self.ring_v, self.mask = sink_k, sink_v, ring_k, ring_v, mask
         self.rot_chunk, self.rot_sink = _rotation(*tables[:2]), _rotation(*tables[2:])
         self.record = record
@@ -146,11 +146,15 @@ class SinkGraph(nn.Module):
 
 
 class PassGraph(nn.Module):
-    """One denoising pass of a chunk through the cache -> velocity [1, C_out, chunk, h, w]."""
+    """One denoising pass of a chunk through the cache -> velocity [1, C_out, chunk, h, w].
 
-    def __init__(self, model: DiT, shape: ChunkShape):
+    `full_ring=True` builds the step for a stream whose window is full: no mask at all, which lets a GPU's
+    SDPA pick its fastest (mask-free) kernels; the exported graphs keep the mask and serve every position."""
+
+    def __init__(self, model: DiT, shape: ChunkShape, full_ring: bool = False):
         super().__init__()
         self.model, self.cache, self.chunk_frames = model, shape.cache_config(model), shape.chunk_frames
+        self.full_ring = full_ring
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, audio: torch.Tensor, sink_k: torch.Tensor,
                 sink_v: torch.Tensor, ring_k: torch.Tensor, ring_v: torch.Tensor, position: torch.Tensor,
@@ -158,7 +162,7 @@ class PassGraph(nn.Module):
                 sin_sink: torch.Tensor) -> torch.Tensor:
         """x [1, C, chunk, h, w] noisy latents; t [1, chunk] timesteps in [0, 1000]; audio tokens
         [1, chunk, tokens, audio_dim]; the cache and positions as in the module doc."""
-        mask = visible_keys(position, self.cache, self.chunk_frames)
+        mask = None if self.full_ring else visible_keys(position, self.cache, self.chunk_frames)
         layout = TensorChunkLayout(sink_k, sink_v, ring_k, ring_v, mask, (cos_chunk, sin_chunk, cos_sink, sin_sink),
                                    record=False)
         return self.model(x, t, layout, audio=audio)
@@ -167,19 +171,20 @@ class PassGraph(nn.Module):
 class CommitGraph(nn.Module):
     """The pass at t = 0 on the clean chunk: returns the ring with the chunk's keys and values written at
     its slots (the velocity of this pass is not used, so the graph leaves out the last block's tail and the
-    head). `inplace` writes into ring_k/ring_v themselves (static buffers of a CUDA graph) and returns them."""
+    head). `inplace` writes into ring_k/ring_v themselves (static buffers of a CUDA graph) and returns them;
+    `full_ring` as for PassGraph."""
 
-    def __init__(self, model: DiT, shape: ChunkShape, inplace: bool = False):
+    def __init__(self, model: DiT, shape: ChunkShape, inplace: bool = False, full_ring: bool = False):
         super().__init__()
         self.model, self.cache, self.chunk_frames = model, shape.cache_config(model), shape.chunk_frames
-        self.inplace = inplace
+        self.inplace, self.full_ring = inplace, full_ring
 
     def forward(self, x0: torch.Tensor, audio: torch.Tensor, sink_k: torch.Tensor, sink_v: torch.Tensor,
                 ring_k: torch.Tensor, ring_v: torch.Tensor, position: torch.Tensor, cos_chunk: torch.Tensor,
                 sin_chunk: torch.Tensor, cos_sink: torch.Tensor,
                 sin_sink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.chunk_frames
-        mask = visible_keys(position, self.cache, c)
+        mask = None if self.full_ring else visible_keys(position, self.cache, c)
         layout = TensorChunkLayout(sink_k, sink_v, ring_k, ring_v, mask, (cos_chunk, sin_chunk, cos_sink, sin_sink),
                                    record=True)
         self.model(x0, torch.zeros(1, c, device=x0.device), layout, audio=audio)

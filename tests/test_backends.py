@@ -150,8 +150,10 @@ def test_cuda_graph_backend_streams_what_eager_cuda_streams(kind):
     backend = choose_backend("cuda", model, SHAPE, decoder)
     assert backend.name == "torch-cudagraph"
     got = run(BackendGenerator(model, backend, CONFIG))
-    steps = {("dit", tuple(sigma_list(n, CONFIG.shift))) for n in (2, 1)}
-    assert set(backend.graphs) == steps | {"decode"}  # the DiT's graph per step count, the decoder's once
+    two, one = (tuple(sigma_list(n, CONFIG.shift)) for n in (2, 1))
+    # The DiT's graphs per step count, with a mask while the window fills and without once it is full (2 steps
+    # for chunks 0-5, the window of 3 full from chunk 3, 1 step from chunk 6); the decoder's graph once.
+    assert set(backend.graphs) == {("dit", two, False), ("dit", two, True), ("dit", one, True), "decode"}
     assert_same_stream(want, got, frames_tolerance=1)
 
 
