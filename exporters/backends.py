@@ -12,10 +12,12 @@ The caller draws the noise (the StreamingGenerator's seeded generator, in the en
 backend produces the same stream for a seed. Backends:
 
 * `torch`: eager PyTorch through the engine's own KVCache layouts (the reference).
-* `torch-cudagraph`: the whole chunk -- every denoising pass, the cache write and the decode -- captured
-  once per step count in a CUDA graph over static buffers and replayed (GPU only; the stream's first chunk
-  runs eagerly, it decodes differently). Without capture the same static-buffer code runs eagerly, which
-  is how the CPU tests check it.
+* `torch-cudagraph`: the whole chunk -- every denoising pass, the cache write and the decode -- replayed
+  from CUDA graphs over static buffers: one graph for the DiT part per step count (and per window state:
+  filling, with a mask, or full, without), one for the decoder step, so a chunk is two replays and a
+  stream's first chunk replays too (GPU only). Without capture the same static-buffer code runs eagerly,
+  which is how the CPU tests check it. Pinned buffers, streams and events come from torch, so cuda-python
+  is not needed.
 * `onnxruntime-cpu` / `onnxruntime-cuda`: the exported bundle (exporters.onnx_export) through IO binding
   over torch tensors; the ring and the decoder state ping-pong between two buffers, so no copies.
 
