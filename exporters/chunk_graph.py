@@ -91,12 +91,13 @@ def _rotation(cos: torch.Tensor, sin: torch.Tensor) -> Rotation:
 # ----------------------------------------------------------------------------- the layout
 
 def visible_keys(position: torch.Tensor, cache: KVCacheConfig, chunk_frames: int) -> torch.Tensor:
-    """bool [1, keys] over [sink | ring | chunk]: ring slots not written yet are hidden."""
+    """bool [queries, keys] over [sink | ring | chunk]: ring slots not written yet are hidden. One row per
+    query (a broadcast view), because ONNX's fused Attention takes no mask that broadcasts over queries."""
     T, S, W = cache.tokens_per_frame, cache.sink_frames, cache.window_frames
     idx = torch.arange((S + W + chunk_frames) * T, device=position.device)
     filled = torch.clamp(position, max=W) * T
     hidden = (idx >= S * T + filled) & (idx < (S + W) * T)
-    return (~hidden)[None]
+    return (~hidden)[None].expand(chunk_frames * T, -1)
 
 
 def ring_slots(position: torch.Tensor, cache: KVCacheConfig, chunk_frames: int) -> torch.Tensor:

@@ -47,6 +47,10 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 CACHE_INPUTS = ["sink_k", "sink_v", "ring_k", "ring_v", "position", "cos_chunk", "sin_chunk", "cos_sink", "sin_sink"]
 PASS_INPUTS = ["x", "t", "audio", *CACHE_INPUTS]
 COMMIT_INPUTS = ["x0", "audio", *CACHE_INPUTS]
+# Opset 23 has the fused Attention operator, which the exporter emits for scaled_dot_product_attention:
+# ONNX Runtime's CPU kernel for it runs a demo pass 16% (16x16 latents) to 32% (32x32) faster than the
+# MatMul/Softmax chain of opset 18.
+OPSET = 23
 # Above this many bytes of weights a graph keeps them in a side file (protobuf stops at 2 GB).
 SINGLE_FILE_BYTES = 1 << 30
 
@@ -80,8 +84,9 @@ def export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, 
     t0 = time.perf_counter()
     try:
         with torch.no_grad():
-            torch.onnx.export(module.eval(), args, str(path), dynamo=True, input_names=input_names,
-                              output_names=output_names, external_data=params > SINGLE_FILE_BYTES, verbose=False)
+            torch.onnx.export(module.eval(), args, str(path), dynamo=True, opset_version=OPSET,
+                              input_names=input_names, output_names=output_names,
+                              external_data=params > SINGLE_FILE_BYTES, verbose=False)
     except Exception as e:  # the exporter raises many types; say which graph failed
         raise ExportError(f"exporting {path.name} failed: {type(e).__name__}: {e}") from e
     if check:
@@ -248,6 +253,7 @@ def export_bundle(model: DiT, shape: ChunkShape, out: str | Path, vae: CausalVAE
     dtype = next(model.parameters()).dtype
     manifest: dict = {
         "format": FORMAT, "dtype": _dtype_name(dtype), "torch": torch.__version__, "exporter": "dynamo",
+        "opset": OPSET,
         "shape": asdict(shape),
         "dit": {"config": asdict(model.cfg), "fingerprint": fingerprint(model), "graphs": export_dit(model, shape, out),
                 "inputs": {"pass": PASS_INPUTS, "commit": COMMIT_INPUTS}},
