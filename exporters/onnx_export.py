@@ -229,7 +229,11 @@ class Bundle:
 
     def check_matches(self, model: DiT, shape: ChunkShape, decoder: CausalVAE | TinyVAE | None = None,
                       kind: str | None = None) -> None:
-        """Raise BackendError unless this bundle was exported from these weights for this chunk shape."""
+        """Raise BackendError unless this bundle was exported from these weights for this chunk shape, by
+        this version's exporter settings."""
+        if self.manifest.get("opset") != OPSET:
+            raise BackendError(f"bundle {self.root} was exported at opset {self.manifest.get('opset')}; this "
+                               f"version exports opset {OPSET}: export it again")
         if shape != self.shape:
             raise BackendError(f"bundle {self.root} was exported for {self.shape}, the session needs {shape}")
         if fingerprint(model) != self.manifest["dit"]["fingerprint"]:
