@@ -198,7 +198,8 @@ def main() -> None:
                          "(onnxruntime's never spin here); on a shared machine spinning threads collapse torch")
     ap.add_argument("--attempts", type=int, default=1,
                     help="runs per row (fresh processes); the lowest median is kept (a shared machine's bursts)")
-    ap.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
+    ap.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md (or --results)")
+    ap.add_argument("--results", default=str(RESULTS), help="the file --record appends to (created if missing)")
     ap.add_argument("--row", action="store_true", help=argparse.SUPPRESS)  # internal: time one row, print JSON
     ap.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)  # internal: export a bundle
     ap.add_argument("--backend", help=argparse.SUPPRESS)
@@ -277,13 +278,14 @@ def main() -> None:
             notes.append(b)
     print("\n" + "\n".join(notes))
     if args.record:
-        text = RESULTS.read_text()
+        results = Path(args.results)
+        text = results.read_text() if results.exists() else ""
         section = "## Backends (bench/backends.py): end to end ms per chunk"
         block = f"\n{header}\n" + "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
         if section not in text:
             block = f"\n{section}\n" + block
-        RESULTS.write_text(text.rstrip("\n") + "\n" + block)
-        print(f"appended to {RESULTS}")
+        results.write_text(text.rstrip("\n") + "\n" + block)
+        print(f"appended to {results}")
 
 
 if __name__ == "__main__":
