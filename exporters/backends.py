@@ -19,7 +19,8 @@ backend produces the same stream for a seed. Backends:
   which is how the CPU tests check it. Pinned buffers, streams and events come from torch, so cuda-python
   is not needed.
 * `onnxruntime-cpu` / `onnxruntime-cuda`: the exported bundle (exporters.onnx_export) through IO binding
-  over torch tensors; the ring and the decoder state ping-pong between two buffers, so no copies.
+  over torch tensors; the ring and the decoder state ping-pong between two buffers, so each graph writes
+  straight into the buffer the next chunk reads (no host copies).
 
 `choose_backend(device, ...)` takes the fastest available for the device (order measured in
 bench/backends.py), or the one named; an unavailable one falls back with one log line.
@@ -48,7 +49,8 @@ from exporters.errors import BackendError
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "torch-cudagraph", "onnxruntime-cpu", "onnxruntime-cuda")
-# Fastest first, as measured by bench/backends.py (bench/RESULTS.md); torch closes every list.
+# Fastest first. CPU: measured by bench/backends.py (bench/RESULTS.md: onnxruntime 1.8x eager torch on the demo).
+# CUDA: expected, not yet measured here (onnxruntime-gpu cannot reach the GPU machine); torch closes every list.
 PREFERENCE = {"cpu": ("onnxruntime-cpu", "torch"), "cuda": ("torch-cudagraph", "onnxruntime-cuda", "torch")}
 
 Decoder = CausalVAE | TinyVAE
