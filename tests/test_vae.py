@@ -137,3 +137,22 @@ def test_vae_checkpoints_round_trip_and_refuse_bad_files(tmp_path):
     save_file(state, str(tmp_path / "bad.safetensors"))
     with pytest.raises(CheckpointError, match="decoder.head.2.weight"):
         load_vae(tmp_path / "bad.safetensors", SMALL)
+
+
+def test_decoder_only_tiny_checkpoint(tmp_path):
+    """The shipped tiny decoder carries no encoder: it loads, decodes, and refuses to encode with a reason."""
+    from engine.checkpoints.vae import decoder_only, load_tiny_vae, save_vae
+    from engine.errors import ConfigError
+    from engine.models.tiny_vae import TinyVAE, tiny_vae_config
+
+    torch.manual_seed(0)
+    full = TinyVAE(tiny_vae_config("demo")).eval()
+    save_vae(tmp_path / "full.safetensors", full)
+    decoder_only(tmp_path / "full.safetensors", tmp_path / "dec.safetensors")
+    dec = load_tiny_vae(tmp_path / "dec.safetensors")
+    assert dec.encoder is None and load_tiny_vae(tmp_path / "full.safetensors").encoder is not None
+    z = torch.randn(1, 16, 2, 4, 4)
+    with torch.no_grad():
+        assert torch.allclose(dec.decode(z), full.decode(z), atol=2e-2)  # fp16 weights
+    with pytest.raises(ConfigError, match="decoder-only"):
+        dec.encode(torch.zeros(1, 3, 5, 32, 32))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 import torch.nn as nn
@@ -31,10 +32,28 @@ def load_vae(path: str | os.PathLike[str], config: VAEConfig | None = None,
 
 def load_tiny_vae(path: str | os.PathLike[str], config: TinyVAEConfig | None = None,
                   dtype: torch.dtype = torch.float32) -> TinyVAE:
+    """A tiny VAE; a decoder-only checkpoint (no `encoder.*` tensors, as shipped: streams only decode)
+    gives a model whose `encoder` is None."""
     config = config or config_from_metadata(read_metadata(path), TinyVAEConfig)
     model = TinyVAE(config).to(dtype)
-    _load(model, path, f"tiny VAE preset {config.name!r}", dtype)
+    state = read_state(path, dtype=dtype)
+    missing = check_tensors(model.state_dict(), state, f"tiny VAE preset {config.name!r}",
+                            optional=re.compile(r"encoder\."))
+    model.load_state_dict(state, strict=not missing)
+    if missing:
+        model.encoder = None  # type: ignore[assignment]
     return model.eval()
+
+
+def decoder_only(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Ship a tiny VAE without its encoder (fp16): what a stream needs."""
+    from engine.checkpoints.io import save_half
+
+    model = load_tiny_vae(src)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+    meta = {k: v for k, v in read_metadata(src).items() if k != "config"}
+    save_state(dst, state, model.cfg, **meta)
+    save_half(dst, dst)
 
 
 def save_vae(path: str | os.PathLike[str], model: CausalVAE | TinyVAE, **metadata: str) -> None:

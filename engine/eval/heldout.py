@@ -6,6 +6,8 @@ ground-truth ceiling and the wrong-audio floor — the figures of the model card
 For each clip: the portrait is its first frame; the audio is its audio. Rows:
   * ground truth — the clip's own frames (the ceiling of every metric);
   * wrong audio — the clip's frames against another clip's opening curve (the floor: r near 0);
+  * ground truth through the VAE — the clip's frames encoded and decoded: what any generator decoding
+    with this VAE can reach at best;
   * student N steps — the StreamingGenerator, chunk by chunk through the KV cache, decoded by the VAE;
   * teacher — the bidirectional DiT over the whole clip (24 Euler steps, audio CFG 2).
 Lip sync: Pearson r of the read opening against the true opening, and the lag at the cross-correlation
@@ -97,6 +99,13 @@ def evaluate(data: str, files: AvatarFiles, readers: Readers, clips: int = 16, s
         portrait_t = torch.from_numpy(portrait)
         real = torch.from_numpy(np.stack([fit_square(f, avatar.resolution) for f in clip.frames]))
         rows.setdefault("ground truth", []).append(score_frames(real, clip, portrait_t, readers))
+        k = avatar.vae.cfg.temporal_stride
+        t = 1 + (len(real) - 1) // k * k
+        with torch.no_grad():  # the VAE's own ceiling: the real frames through encode and decode
+            p = next(avatar.vae.parameters())
+            video = real[:t].permute(3, 0, 1, 2)[None].to(p.device, p.dtype) / 127.5 - 1
+            round_trip = to_uint8(avatar.vae.decode(avatar.vae.encode(video)))
+        rows.setdefault("ground truth through the VAE", []).append(score_frames(round_trip, clip, portrait_t, readers))
         n = min(len(clip.frames), len(other.frames))
         rows.setdefault("wrong audio", []).append(score_frames(real[:n], clip, portrait_t, readers,
                                                                other.truth["mouth_open"][:n]))

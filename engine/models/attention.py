@@ -30,7 +30,10 @@ from engine.models.rope import Rotation, rope_angles
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax attention, scale 1/sqrt(head_dim). q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H, D]."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    # contiguous heads-first copies: the block-causal layout hands in slices of the sequence, and a CUDA
+    # backward of SDPA on such views hit an illegal memory access on an H100 (torch 2.11, bf16)
+    q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out.transpose(1, 2)
 
 

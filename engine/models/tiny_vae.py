@@ -146,6 +146,9 @@ class TinyVAE(nn.Module):
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """Video [B, 3, 1 + 4k, H, W] in [-1, 1] -> latents [B, z, 1 + k, h, w]. Frame 0 is repeated in front
         so that it alone makes latent frame 0, as in the causal VAE."""
+        if self.encoder is None:
+            raise ConfigError("this tiny VAE was loaded from a decoder-only checkpoint (the shipped one): "
+                              "encode with the causal VAE, whose latents it decodes")
         s = self.cfg.temporal_stride
         if (video.shape[2] - 1) % s:
             raise ConfigError(f"a clip has 1 + {s}k frames, got {video.shape[2]}")

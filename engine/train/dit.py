@@ -268,6 +268,13 @@ def train(cfg: TrainDiTConfig) -> dict[str, float]:
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
             torch.cuda.set_device(device)
+    if torch.cuda.is_available():
+        # The fused SDPA kernels gave NaN losses, then illegal memory accesses, in the backward of the
+        # block-causal layout (many small query blocks over sliced keys; H100, torch 2.11, bf16); the math
+        # kernel is exact and, at the demo's ≤ 1k-token sequences, costs little.
+        torch.backends.cuda.enable_flash_sdp(False)
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
+        torch.backends.cuda.enable_cudnn_sdp(False)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
