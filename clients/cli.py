@@ -100,7 +100,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     written = synthesize_dataset(args.out, args.clips, args.seconds, args.size, seed=args.seed,
                                  eval_fraction=args.eval_fraction, clips_per_shard=args.clips_per_shard,
-                                 fmt=args.format, workers=args.workers)
+                                 fmt=args.format, workers=args.workers, sources=tuple(args.sources.split(",")))
     print(f"{written} clips written to {args.out} ({args.clips - written} already there)")
     return 0
 
@@ -117,6 +117,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="mp4", choices=["mp4", "raw"],
                    help="mp4: compact (h264 + wav + npz); raw: uint8 arrays, for the machine that trains")
     p.add_argument("--workers", type=int, default=1, help="processes rendering in parallel")
+    p.add_argument("--sources", default="espeak,flite,real",
+                   help="speech sources, comma-separated: espeak (espeak-ng), flite, real (the asterisk "
+                        "prompts, aligned); shares 75/10/15%% among those named")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -15,18 +15,22 @@ uncompressed npz holding the ground truth and the audio. Nothing to decode, so a
 loads a few hundred clips in seconds; it is ~20x larger, so it is made where it is used (16 cores render
 ~1,000 clips a minute) rather than carried.
 
+Speech sources (`sources`, each clip names its own in the index): espeak-ng (75% of clips among those named),
+flite (10%; its `rms` voice held out) and real recorded speech, Debian's asterisk prompts with phonemes aligned
+by DTW (15%; a tenth of the prompts held out; engine.data.realspeech).
+
 Splits: "train", and "eval" whose clips use held-out voices, held-out sentences and held-out identities.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from engine.audio.io import StreamResampler
 from engine.data.espeak import Espeak, Phoneme, VoiceConfig, held_out_voice, voice_configs
 from engine.data.motion import EXPRESSIONS, FaceState, caption, face_state, sample_motion
 from engine.data.portrait import GLASSES, HAIR_STYLES, Identity, RenderOutput, render
@@ -53,7 +57,7 @@ class Clip:
     speaking: np.ndarray
     identity: Identity
     identity_id: int
-    voice: VoiceConfig
+    voice: str  # the voice's key: an espeak-ng configuration, flite/<voice> or asterisk/<prompt>
     text: str
     caption: str
 
@@ -66,42 +70,82 @@ def describe(identity: Identity) -> str:
     return " ".join(parts)
 
 
-def speak(engine: Espeak, rng: np.random.Generator, seconds: float, split: str) -> tuple[np.ndarray, list[Phoneme], VoiceConfig, str]:
-    """Sentences of one voice with pauses between them, filling about `seconds`; 16 kHz audio and phonemes."""
-    voices = [v for v in voice_configs() if held_out_voice(v) == (split == "eval")]
-    voice = voices[int(rng.integers(len(voices)))]
-    resample = StreamResampler(engine.sample_rate, SAMPLE_RATE)
+SOURCES = ("espeak", "flite", "real")  # the synthesiser of most clips, a second one, recorded speech
+SOURCE_SHARES = {"espeak": 0.75, "flite": 0.10, "real": 0.15}  # of clips, among the sources asked for
+FLITE_SPLIT = {"train": ("slt", "awb", "kal16"), "eval": ("rms",)}  # flite's held-out voice
+
+
+def held_out_prompt(name: str, fraction: float = 0.1) -> bool:
+    return int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+
+
+def speak(engine: Espeak, rng: np.random.Generator, seconds: float, split: str,
+          source: str = "espeak") -> tuple[np.ndarray, list[Phoneme], str, str, str]:
+    """About `seconds` of 16 kHz speech with pauses: (audio, phonemes, voice key, text, phoneset).
+    espeak-ng and flite speak grammar sentences of the split; "real" is one recorded asterisk prompt of the
+    split (its phonemes aligned by DTW; prompts whose alignment misses the VAD by > 100 ms are skipped)."""
     t = rng.uniform(0.2, 0.8)  # leading silence
     audio = [np.zeros(int(t * SAMPLE_RATE), np.float32)]
     phonemes: list[Phoneme] = [Phoneme("_", 0.0)]
-    texts = []
-    while t < seconds - 1.0:
-        text = sentences(rng, 1, split)[0]
-        u = engine.synthesize(text, voice)
-        samples = np.concatenate([resample.push(u.audio), resample.flush()])
-        phonemes += [Phoneme(p.name, t + p.start_s) for p in u.phonemes]
-        audio.append(samples)
-        t += len(samples) / SAMPLE_RATE
-        pause = rng.uniform(0.25, 1.2)
-        phonemes.append(Phoneme("_", t))
-        audio.append(np.zeros(int(pause * SAMPLE_RATE), np.float32))
-        t += pause
-        texts.append(text)
+    texts: list[str] = []
+    if source == "real":
+        from engine.data.realspeech import align, prompts
+
+        pool = [p for p in prompts() if held_out_prompt(p.name) == (split == "eval")]
+        for _ in range(20):
+            prompt = pool[int(rng.integers(len(pool)))]
+            alignment = align(prompt, engine)
+            if alignment.accepted and alignment.seconds < seconds - t:
+                break
+        phonemes += [Phoneme(p.name, t + p.start_s) for p in alignment.phonemes]
+        audio.append(alignment.audio)
+        texts.append(alignment.text)
+        voice_key, phoneset = f"asterisk/{prompt.name}", "espeak"
+    else:
+        if source == "flite":
+            from engine.data.realspeech import flite_synthesize
+
+            names = FLITE_SPLIT[split]
+            flite_voice = names[int(rng.integers(len(names)))]
+            voice_key, phoneset = f"flite/{flite_voice}", "arpabet"
+        else:
+            voices = [v for v in voice_configs() if held_out_voice(v) == (split == "eval")]
+            voice = voices[int(rng.integers(len(voices)))]
+            voice_key, phoneset = voice.key, "espeak"
+        while t < seconds - 1.0:
+            text = sentences(rng, 1, split)[0]
+            u = flite_synthesize(text, flite_voice) if source == "flite" else engine.synthesize(text, voice)
+            samples = u.audio_16k
+            phonemes += [Phoneme(p.name, t + p.start_s) for p in u.phonemes]
+            audio.append(samples)
+            t += len(samples) / SAMPLE_RATE
+            pause = rng.uniform(0.25, 1.2)
+            phonemes.append(Phoneme("pau" if phoneset == "arpabet" else "_", t))
+            audio.append(np.zeros(int(pause * SAMPLE_RATE), np.float32))
+            t += pause
+            texts.append(text)
+    if phoneset == "arpabet":  # the leading silence in flite's name for it
+        phonemes[0] = Phoneme("pau", 0.0)
     out = np.concatenate(audio)[: int(seconds * SAMPLE_RATE)]
     out = np.pad(out, (0, int(seconds * SAMPLE_RATE) - len(out)))
-    return out, phonemes, voice, " ".join(texts)
+    return out, phonemes, voice_key, " ".join(texts), phoneset
+
+
+def pick_source(rng: np.random.Generator, sources: tuple[str, ...]) -> str:
+    shares = np.array([SOURCE_SHARES[s] for s in sources])
+    return sources[int(rng.choice(len(sources), p=shares / shares.sum()))]
 
 
 def make_clip(engine: Espeak, rng: np.random.Generator, seconds: float, size: int, split: str,
-              identity_id: int | None = None) -> Clip:
+              identity_id: int | None = None, source: str = "espeak") -> Clip:
     if identity_id is None:
         while True:
             identity_id = int(rng.integers(2**31))
             if held_out_identity(identity_id) == (split == "eval"):
                 break
     identity = Identity.sample(np.random.default_rng(identity_id))
-    audio, phonemes, voice, text = speak(engine, rng, seconds, split)
-    track = mouth_track(phonemes, seconds, FPS)
+    audio, phonemes, voice, text, phoneset = speak(engine, rng, seconds, split, source)
+    track = mouth_track(phonemes, seconds, FPS, phoneset=phoneset)
     expression = int(rng.integers(len(EXPRESSIONS)))
     state = face_state(track.open, track.width, track.round,
                        sample_motion(rng, len(track), FPS, track.speaking, expression))
@@ -157,20 +201,22 @@ def write_clip_raw(clip: Clip, stem: Path) -> None:
 FORMATS = ("mp4", "raw")
 
 
-def _make_and_write(job: tuple[int, int, float, int, float, str, str]) -> dict:
+def _make_and_write(job: tuple[int, int, float, int, float, str, str, tuple[str, ...]]) -> dict:
     """One clip: its own generator seeded by (seed, index), so any worker makes the same clip."""
-    i, seed, seconds, size, eval_fraction, stem, fmt = job
+    i, seed, seconds, size, eval_fraction, stem, fmt, sources = job
     rng = np.random.default_rng([seed, i])
     split = "eval" if rng.random() < eval_fraction else "train"
-    clip = make_clip(Espeak(), rng, seconds, size, split)
+    source = pick_source(rng, sources)
+    clip = make_clip(Espeak(), rng, seconds, size, split, source=source)
     (write_clip if fmt == "mp4" else write_clip_raw)(clip, Path(stem))
-    return {"id": i, "split": split, "voice": clip.voice.key, "text": clip.text, "caption": clip.caption,
-            "identity_id": clip.identity_id, "frames": len(clip.state), "size": size, "fps": FPS}
+    return {"id": i, "split": split, "source": source, "voice": clip.voice, "text": clip.text,
+            "caption": clip.caption, "identity_id": clip.identity_id, "frames": len(clip.state), "size": size,
+            "fps": FPS}
 
 
 def synthesize_dataset(out: str | Path, clips: int, seconds: float, size: int, seed: int = 0,
                        eval_fraction: float = 0.1, clips_per_shard: int = 100, fmt: str = "mp4",
-                       workers: int = 1) -> int:
+                       workers: int = 1, sources: tuple[str, ...] = ("espeak",)) -> int:
     """Write `clips` clips (a share `eval_fraction` of them in the eval split) into shards under `out`, with
     `workers` processes. Resumable: clips already listed in a shard's index are kept. The same seed gives
     the same texts, voices, identities and motion whatever the number of workers (espeak-ng's pitch flutter
@@ -180,6 +226,15 @@ def synthesize_dataset(out: str | Path, clips: int, seconds: float, size: int, s
         raise ConfigError(f"unknown format {fmt!r}; choose one of {list(FORMATS)}")
     out = Path(out)
     Espeak()  # fail early, with the install hint, if espeak-ng is missing
+    unknown = set(sources) - set(SOURCES)
+    if unknown or not sources:
+        raise ConfigError(f"unknown speech sources {sorted(unknown)}; choose among {list(SOURCES)}")
+    if "real" in sources:
+        from engine.data.realspeech import find_sounds
+
+        find_sounds()  # the asterisk prompts, or a DataError saying what to install
+    if "flite" in sources and shutil.which("flite") is None:
+        raise ConfigError("the flite source needs flite: `apt-get install flite`")
     jobs = []
     for i in range(clips):
         shard = out / f"shard-{i // clips_per_shard:05d}"
@@ -187,7 +242,7 @@ def synthesize_dataset(out: str | Path, clips: int, seconds: float, size: int, s
         index = shard / "index.jsonl"
         if index.exists() and f'"id": {i},' in index.read_text():
             continue
-        jobs.append((i, seed, seconds, size, eval_fraction, str(shard / f"clip-{i:06d}"), fmt))
+        jobs.append((i, seed, seconds, size, eval_fraction, str(shard / f"clip-{i:06d}"), fmt, tuple(sources)))
     if workers > 1:
         import multiprocessing as mp
 

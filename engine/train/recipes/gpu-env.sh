@@ -7,6 +7,6 @@ export OUT=${OUT:-runs/out}
 mkdir -p "$OUT"
 # SynthTalk, raw, rendered here (16 cores render ~1,000 clips a minute; carrying it would not fit)
 synth() {  # synth CLIPS
-  python3 -m clients.cli data synth --out /tmp/synthtalk --clips "$1" --seconds 4 --size 256 --format raw \
+  python3 -m clients.cli data synth --out /tmp/synthtalk --clips "$1" --seconds 4 --size 256 --format raw --sources espeak \
     --workers "$(( $(nproc) - 1 ))" --seed 0
 }
