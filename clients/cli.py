@@ -94,6 +94,38 @@ def _stream_args(p: argparse.ArgumentParser) -> None:
                    help="score the result with `talkstream eval` (lip sync, identity)")
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    """Render a talking-portrait film of any length (the causal student, constant memory) to an mp4."""
+    import torch
+
+    from engine.audio.io import load_audio
+    from engine.generate.avatar import load_avatar, load_portrait
+    from engine.generate.render import RenderConfig, print_progress, render
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = RenderConfig(steps=args.steps, decoder=args.decoder, emotion=args.emotion, seed=args.seed)
+    portrait, audio = load_portrait(args.portrait), load_audio(args.audio)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    avatar = load_avatar(device=device)
+    result = render(avatar, portrait, audio, args.out, config, print_progress)
+    print(f"{args.out}: {result['seconds']:.1f} s, {result['frames']} frames, "
+          f"{result['real_time_factor']:.2f}x real time")
+    return 0
+
+
+def _render_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--portrait", required=True)
+    p.add_argument("--audio", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--decoder", default="vae", choices=["vae", "tiny"])
+    p.add_argument("--emotion", default="neutral", choices=["neutral", "happy", "sad", "surprised", "angry"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when there is one)")
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     """SynthTalk: `talkstream data synth --out DIR --clips N --seconds S --size R` writes dataset shards."""
     from engine.data.synth import synthesize_dataset
@@ -164,6 +196,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     "stream": (cmd_stream, _stream_args),
     "data": (cmd_data, _data_args),
     "train": (cmd_train, _train_args),
+    "render": (cmd_render, _render_args),
     "eval": (cmd_eval, _eval_args),
     "export": __import__("exporters.cli_export", fromlist=["COMMAND"]).COMMAND,
     "serve": __import__("clients.serve_cli", fromlist=["SERVE"]).SERVE,
@@ -179,7 +212,13 @@ def main(argv: list[str] | None = None) -> int:
         configure(p)
         p.set_defaults(func=fn)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    from engine.errors import EngineError
+
+    try:
+        return int(args.func(args))
+    except EngineError as e:  # bad input: say what was wrong, no traceback
+        print(f"talkstream {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
