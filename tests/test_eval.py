@@ -1,4 +1,5 @@
 """The metrics of `talkstream eval` on known curves, and the readers' ceiling and floor on SynthTalk clips."""
+import av
 import numpy as np
 import pytest
 import torch
@@ -58,7 +59,7 @@ def test_shipped_readers_ceiling_and_floor(tmp_path):
     clip's curve gives r near 0; the portrait's identity is closer than another clip's."""
     from engine.data.synth import synthesize_dataset
     from engine.data.synthtalk import SynthTalk
-    from engine.eval.report import evaluate_video
+    from engine.eval.report import evaluate_video, plot_png
     from engine.data.docs import write_png
 
     synthesize_dataset(tmp_path, 2, 4.0, 256, seed=11, eval_fraction=1.0)
@@ -72,6 +73,9 @@ def test_shipped_readers_ceiling_and_floor(tmp_path):
     own = evaluate_video(video, str(tmp_path / "portrait.png"), audio, mouth, identity)
     assert own.truth_source.startswith("ground truth")
     assert own.lip_sync.correlation >= 0.9 and abs(own.lip_sync.lag_ms) <= 40
+    plot_png(own, str(tmp_path / "plot.png"))
+    with av.open(str(tmp_path / "plot.png")) as picture:
+        assert next(picture.decode(video=0)).width == 900
     wrong = evaluate_video(video, str(tmp_path / "portrait.png"), audio, mouth, identity,
                            truth=str(stems[1].with_suffix(".npz")))
     assert abs(wrong.lip_sync.correlation) < 0.5
