@@ -130,3 +130,16 @@ def test_truncate_forgets_unplayed_audio():
     assert stream.pushed == 8000
     stream.push(np.zeros(16000, np.float32))
     assert stream.ready_latent_frames() > 0
+
+
+def test_long_files_are_read_in_pieces_equal_to_the_whole(tmp_path):
+    from engine.audio.io import count_samples, read_pieces
+
+    write_audio(tmp_path / "a.wav", tone(300, 2.0, 44100), 44100)
+    whole = load_audio(tmp_path / "a.wav")
+    assert count_samples(tmp_path / "a.wav") == len(whole)
+    pieces = list(read_pieces(tmp_path / "a.wav", 3000, start=5000, end=21001))
+    assert [len(p) for p in pieces] == [3000] * 5 + [1001]
+    assert np.array_equal(np.concatenate(pieces), whole[5000:21001])  # resampled as one stream, then cut
+    with pytest.raises(AudioError, match="cannot read audio"):
+        list(read_pieces(tmp_path / "missing.wav", 100))

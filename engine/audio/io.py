@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
@@ -91,3 +91,58 @@ class StreamResampler:
     def _collect(frames) -> np.ndarray:
         parts = [f.to_ndarray().reshape(-1) for f in frames]
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+
+# ----------------------------------------------------------------------------- long files, in pieces
+
+def count_samples(source: str | os.PathLike[str], sample_rate: int = TARGET_RATE) -> int:
+    """Decode a whole file once, keeping nothing, and count its samples at `sample_rate`: the length of a
+    long film, found in constant memory (and proof, before any rendering, that the file decodes to the end)."""
+    return sum(len(piece) for piece in read_pieces(source, 1 << 16, sample_rate=sample_rate))
+
+
+def read_pieces(source: str | os.PathLike[str], piece_samples: int, start: int = 0, end: int | None = None,
+                sample_rate: int = TARGET_RATE) -> Iterator[np.ndarray]:
+    """Samples [start, end) of a file as float32 mono pieces of `piece_samples` (the last one shorter), decoded
+    and resampled as they are needed: memory is one piece whatever the file's length. The file is always
+    decoded from its beginning (samples before `start` are dropped), so a stateful resampler sees the same
+    stream and a piece read from the middle equals the same samples read from the start."""
+    import av
+
+    if piece_samples < 1 or start < 0 or (end is not None and end < start):
+        raise AudioError(f"need piece_samples >= 1 and 0 <= start <= end, got {piece_samples}, {start}, {end}")
+    try:
+        container = av.open(os.fspath(source))
+    except (av.FFmpegError, OSError, ValueError) as err:
+        raise AudioError(f"cannot read audio from {os.fspath(source)!r}: {err}") from err
+    with container:
+        if not container.streams.audio:
+            raise AudioError(f"{os.fspath(source)!r} holds no audio stream")
+        resampler = _resampler(sample_rate)
+        position = 0  # samples decoded so far
+        pending: list[np.ndarray] = []
+        pending_len = 0
+
+        def decoded() -> Iterator[np.ndarray]:
+            try:
+                for frame in container.decode(audio=0):
+                    yield from (f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
+                yield from (f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+            except (av.FFmpegError, ValueError) as err:
+                raise AudioError(f"cannot decode audio in {os.fspath(source)!r}: {err}") from err
+
+        for samples in decoded():
+            lo, hi = position, position + len(samples)
+            position = hi
+            keep = samples[max(0, start - lo): len(samples) if end is None else max(0, min(len(samples), end - lo))]
+            if len(keep):
+                pending.append(keep.astype(np.float32))
+                pending_len += len(keep)
+            while pending_len >= piece_samples:
+                joined = np.concatenate(pending)
+                yield joined[:piece_samples]
+                pending, pending_len = [joined[piece_samples:]], pending_len - piece_samples
+            if end is not None and position >= end:
+                break
+        if pending_len:
+            yield np.concatenate(pending)
