@@ -77,3 +77,29 @@ def test_generator_gives_frames_with_either_decoder(tmp_path):
         assert chunks[0].frames.shape[1:] == (avatar.resolution, avatar.resolution, 3) and chunks[0].frames.dtype == torch.uint8
     with pytest.raises(ConfigError, match="unknown decoder"):
         avatar.decoder("fast")
+
+
+def test_faces_are_found_in_portraits_and_not_in_other_pictures():
+    from engine.data.motion import FaceState
+    from engine.data.portrait import Identity, render
+    from engine.generate.avatar import FaceBox, check_face, find_face
+
+    for path in shipped_portraits().values():
+        box = find_face(load_portrait(path))
+        assert box is not None and 0.1 < box.left < 0.5 < box.right < 0.95 and box.top < 0.5 < box.bottom
+        lower = box.lower_face()
+        assert lower.top > box.top and lower.bottom >= box.bottom and lower.pixels(256, 256)[2] <= 256
+    rng = np.random.default_rng(3)
+    zero = np.zeros(1, np.float32)
+    state = FaceState(zero, zero + 0.5, zero, zero, zero, zero, zero, zero, zero, zero, zero)
+    found = sum(find_face(render(Identity.sample(rng), state, 128).frames[0]) is not None for _ in range(12))
+    assert found >= 11  # 294 of 300 in a longer run (the docstring's figure)
+    yy, xx = np.mgrid[0:128, 0:128]
+    others = [np.full((128, 128, 3), c, np.uint8) for c in ((0, 0, 255), (255, 255, 255), (200, 160, 120))]
+    others += [rng.integers(0, 255, (128, 128, 3), dtype=np.uint8), np.stack([2 * xx, 2 * yy, xx + yy], -1).astype(np.uint8)]
+    for image in others:
+        assert find_face(image) is None
+    with pytest.raises(ImageError, match="no face found in the portrait"):
+        check_face(others[0])
+    with pytest.raises(ConfigError):
+        FaceBox(0.5, 0.2, 0.4, 0.9)
