@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterator, Protocol
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -24,11 +24,14 @@ import torch
 from engine.audio.features import AudioFeatureConfig, StreamingAudioFeatures, samples_needed
 from engine.audio.io import StreamResampler
 from engine.diffusion.flow import add_noise, x0_from_velocity
-from engine.diffusion.guidance import cfg as guidance
+from engine.diffusion.guidance import cfg as cfg_guidance
 from engine.diffusion.schedules import warp_timesteps
 from engine.errors import AudioError, ConfigError
 from engine.models.attention import KVCache
 from engine.models.dit import DiT
+
+if TYPE_CHECKING:
+    from engine.generate.windows import Known
 
 
 class Decoder(Protocol):
@@ -79,6 +82,42 @@ def sigma_list(steps: int, shift: float) -> list[float]:
     """The few-step σ list: [1000, 750, 500, 250]-style even timesteps warped by the shift (spec D.2)."""
     even = torch.linspace(1000.0, 0.0, steps + 1)[:-1]
     return [float(t) / 1000.0 for t in warp_timesteps(even, shift)]
+
+
+def student_chunk(model: DiT, cache: KVCache, audio: torch.Tensor, text_kv: list | None, sigmas: list[float],
+                  generator: torch.Generator, latent_shape: tuple[int, int, int], guidance: float = 1.0,
+                  history_sigma: float = 0.0, known: "Known | None" = None) -> torch.Tensor:
+    """One chunk of the causal student through the KV cache (steps 1–3 of the module doc); audio tokens
+    [1, c, A, Da] -> x̂0 [1, C, c, h, w]. Two options of the offline renders (engine.generate.extend):
+    `history_sigma` > 0 writes the chunk into the cache re-noised to that σ (and at t = 1000σ) instead of
+    clean -- SkyReels-V2's noisy history (`addnoise_condition`), Self-Forcing's `context_noise` -- and
+    `known` (engine.generate.windows.Known) keeps the source outside a mask (dubbing). Noise is drawn from
+    `generator` in a fixed order: the start, one per re-noising, one per inpainting step, the history's."""
+    c = audio.shape[1]
+    device, dtype = cache.k.device, cache.k.dtype
+    shape = (1, latent_shape[0], c, *latent_shape[1:])
+    x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    layout = cache.chunk(c)
+    for i, sigma in enumerate(sigmas):
+        if known is not None:
+            x = known.impose(x, sigma, generator)
+        t = torch.full((1, c), 1000.0 * sigma, device=device)
+        v = model(x, t, layout, audio=audio, text_kv=text_kv)
+        if guidance != 1.0:
+            v = cfg_guidance(v, model(x, t, layout, audio=None, text_kv=text_kv), guidance)
+        x0 = x0_from_velocity(x, v, sigma)
+        if i + 1 < len(sigmas):
+            noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+            x = add_noise(x0, noise, sigmas[i + 1])
+    if known is not None:
+        x0 = known.compose(x0)
+    context, t_context = x0, torch.zeros(1, c, device=device)
+    if history_sigma > 0:
+        noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        context, t_context = add_noise(x0, noise, history_sigma), t_context + 1000.0 * history_sigma
+    model(context, t_context, cache.chunk(c, write=True), audio=audio, text_kv=text_kv)
+    cache.advance(c)
+    return x0
 
 
 class StreamingGenerator:
@@ -180,25 +219,9 @@ class StreamingGenerator:
 
     def _denoise(self, audio: torch.Tensor) -> torch.Tensor:
         """Steps 1–3 of the method above for one chunk; returns x̂0 [1, C, c, h, w]."""
-        c, cache, model = self.config.chunk_frames, self.cache, self.model
-        assert cache is not None
-        shape = (1, self.latent_shape[0], c, *self.latent_shape[1:])
-        sigmas = sigma_list(self.steps, self.config.shift)
-        x = torch.randn(shape, generator=self.noise, device=self.device, dtype=self.dtype)
-        layout = cache.chunk(c)
-        for i, sigma in enumerate(sigmas):
-            t = torch.full((1, c), 1000.0 * sigma, device=self.device)
-            v = model(x, t, layout, audio=audio, text_kv=self.text_kv)
-            if self.config.audio_guidance != 1.0:
-                v = guidance(v, model(x, t, layout, audio=None, text_kv=self.text_kv), self.config.audio_guidance)
-            x0 = x0_from_velocity(x, v, sigma)
-            if i + 1 < len(sigmas):
-                noise = torch.randn(shape, generator=self.noise, device=self.device, dtype=self.dtype)
-                x = add_noise(x0, noise, sigmas[i + 1])
-        model(x0, torch.zeros(1, c, device=self.device), cache.chunk(c, write=True), audio=audio,
-              text_kv=self.text_kv)
-        cache.advance(c)
-        return x0
+        assert self.cache is not None
+        return student_chunk(self.model, self.cache, audio, self.text_kv, sigma_list(self.steps, self.config.shift),
+                             self.noise, self.latent_shape, self.config.audio_guidance)
 
     # ------------------------------------------------------------------ the audio timeline
 
