@@ -94,34 +94,119 @@ def _stream_args(p: argparse.ArgumentParser) -> None:
                    help="score the result with `talkstream eval` (lip sync, identity)")
 
 
+RENDER_OPTIONS = {  # option: (type, default); a script's [render] table may set any of them
+    "method": (str, "extend"), "model": (str, "student"), "teacher": (str, None), "steps": (int, None),
+    "guidance": (float, None), "shift": (float, 5.0), "window": (int, 8), "overlap": (int, 2), "chunk": (int, 1),
+    "history_sigma": (float, 0.0), "decoder": (str, "vae"), "emotion": (str, "neutral"), "seed": (int, 0),
+    "checkpoint_s": (float, 10.0), "context_shots": (int, 1), "measure_joins": (bool, True),
+}
+
+
+def _render_options(args: argparse.Namespace, script: dict) -> dict:
+    """Flags given on the command line, else the script's [render] table, else the defaults."""
+    from engine.errors import ConfigError
+
+    unknown = set(script) - set(RENDER_OPTIONS)
+    if unknown:
+        raise ConfigError(f"the script's [render] table has unknown options {sorted(unknown)}; "
+                          f"known: {', '.join(sorted(RENDER_OPTIONS))}")
+    options = {}
+    for name, (kind, default) in RENDER_OPTIONS.items():
+        value = getattr(args, name)
+        if value is None and name in script:
+            value = script[name]
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                if not (kind is float and isinstance(value, int) and not isinstance(value, bool)):
+                    raise ConfigError(f"[render] {name} must be a {kind.__name__}, got {value!r}")
+        options[name] = default if value is None else kind(value)
+    return options
+
+
+def load_render_avatar(model: str, teacher: str | None, device: str, seed: int = 0):
+    """The shipped demo model; with model "teacher", its DiT replaced by the teacher's weights at `teacher`."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from engine.checkpoints.wan import load_dit
+    from engine.errors import CheckpointError
+    from engine.generate.avatar import load_avatar
+
+    avatar = load_avatar(device=device, seed=seed)
+    if model != "teacher":
+        return avatar
+    if not teacher or not Path(teacher).exists():
+        where = f" ({teacher} does not exist)" if teacher else ""
+        raise CheckpointError(f"--model teacher needs the teacher's weights, which are not shipped{where}: train "
+                              "them with `talkstream train demo-teacher --data DIR --out RUN` and pass "
+                              "--teacher RUN/final.safetensors")
+    dit = load_dit(teacher, device=device).eval().requires_grad_(False)
+    return replace(avatar, model=dit)
+
+
 def cmd_render(args: argparse.Namespace) -> int:
-    """Render a talking-portrait film of any length (the causal student, constant memory) to an mp4."""
+    """Render a talking-portrait film of any length (or a multi-shot script) to an mp4, resumably."""
+    from pathlib import Path
+
     import torch
 
-    from engine.audio.io import load_audio
-    from engine.generate.avatar import load_avatar, load_portrait
+    from engine.errors import ConfigError
+    from engine.generate.long_video import LongVideoConfig
     from engine.generate.render import RenderConfig, print_progress, render
+    from engine.generate.shots import Shot, load_script
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = RenderConfig(steps=args.steps, decoder=args.decoder, emotion=args.emotion, seed=args.seed)
-    portrait, audio = load_portrait(args.portrait), load_audio(args.audio)
+    script: dict = {}
+    if args.script:
+        if args.portrait or args.audio:
+            raise ConfigError("give either --script or --portrait and --audio")
+        shots, script = load_script(args.script)
+    elif args.portrait and args.audio:
+        o = _render_options(args, {})
+        shots = [Shot(Path(args.portrait), Path(args.audio), args.start or 0.0, args.end, o["emotion"])]
+    else:
+        raise ConfigError("render needs --portrait P and --audio A, or --script film.toml")
+    o = _render_options(args, script)
+    video = LongVideoConfig.for_model(o["model"], method=o["method"], steps=o["steps"], guidance=o["guidance"],
+                                      shift=o["shift"], window_frames=o["window"], overlap_frames=o["overlap"],
+                                      chunk_frames=o["chunk"], history_sigma=o["history_sigma"])
+    config = RenderConfig(video=video, decoder=o["decoder"], seed=o["seed"], checkpoint_s=o["checkpoint_s"],
+                          context_shots=o["context_shots"], measure_joins=o["measure_joins"])
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    avatar = load_avatar(device=device)
-    result = render(avatar, portrait, audio, args.out, config, print_progress)
-    print(f"{args.out}: {result['seconds']:.1f} s, {result['frames']} frames, "
-          f"{result['real_time_factor']:.2f}x real time")
+    avatar = load_render_avatar(o["model"], o["teacher"], device)
+    result = render(avatar, shots, args.out, config, print_progress, restart=args.restart)
+    print(f"{args.out}: " + "\n".join(result.lines()))
     return 0
 
 
 def _render_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--portrait", required=True)
-    p.add_argument("--audio", required=True)
+    p.add_argument("--portrait", help="portrait image (PNG/JPEG/WebP) with a face")
+    p.add_argument("--audio", help="audio file of any length (any format PyAV reads)")
+    p.add_argument("--start", type=float, help="seconds into the audio to start at (default 0)")
+    p.add_argument("--end", type=float, help="seconds into the audio to end at (default: its end)")
+    p.add_argument("--script", help="a multi-shot TOML script instead of --portrait/--audio (docs/render.md)")
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--decoder", default="vae", choices=["vae", "tiny"])
-    p.add_argument("--emotion", default="neutral", choices=["neutral", "happy", "sad", "surprised", "angry"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", choices=["extend", "fuse"],
+                   help="extend: diffusion-forcing extension (default); fuse: sliding windows fused in their overlap")
+    p.add_argument("--model", choices=["student", "teacher"], help="student (default, shipped) or teacher (--teacher)")
+    p.add_argument("--teacher", help="the teacher's DiT safetensors (not shipped)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: 4 student, 24 teacher)")
+    p.add_argument("--guidance", type=float, help="audio CFG scale (default: 1 student, 2 teacher)")
+    p.add_argument("--shift", type=float, help="timestep shift of the sigma grid (default 5)")
+    p.add_argument("--window", type=int, help="latent frames: the student's KV window, or a window (default 8)")
+    p.add_argument("--overlap", type=int, help="fuse: latent frames windows share; teacher extend: history frames "
+                   "(default 2)")
+    p.add_argument("--chunk", type=int, help="the student's latent frames per chunk (default 1)")
+    p.add_argument("--history-sigma", type=float, help="extend: re-noise the history to this sigma (default 0)")
+    p.add_argument("--decoder", choices=["vae", "tiny"])
+    p.add_argument("--emotion", choices=["neutral", "happy", "sad", "surprised", "angry"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--checkpoint-s", type=float, help="seconds of film between checkpoints (default 10)")
+    p.add_argument("--context-shots", type=int, help="multi-shot: earlier shots kept as in-context frames "
+                   "(default 1)")
+    p.add_argument("--measure-joins", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure colour and identity at every join (default on)")
+    p.add_argument("--restart", action="store_true", help="discard a half-done render of other inputs at OUT.parts")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when there is one)")
 

@@ -23,3 +23,8 @@ class ImageError(EngineError, ValueError):
 
 class DataError(EngineError):
     """A dataset or a data tool (such as espeak-ng) is missing or malformed."""
+
+
+class RenderError(EngineError):
+    """An offline render cannot go on: the disk is full, or its work folder holds a render of other inputs.
+    What is already rendered is kept; the message says how to continue."""
