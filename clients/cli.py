@@ -211,6 +211,91 @@ def _render_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when there is one)")
 
 
+def _box(text: str):
+    from engine.errors import ConfigError
+    from engine.generate.avatar import FaceBox
+
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise ConfigError(f"--mask-box takes left,top,right,bottom in fractions of the frame, got {text!r}")
+    return FaceBox(*values)
+
+
+def cmd_dub(args: argparse.Namespace) -> int:
+    """Make an existing video speak new audio: regenerate the mouth region (masked latent inpainting)."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from engine.generate.avatar import DECODERS
+    from engine.generate.dub import DubConfig, SourceVideo, dub, measure_outside
+    from engine.generate.long_video import LongVideoConfig
+    from engine.generate.render import print_progress
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    o = _render_options(args, {})
+    video = LongVideoConfig.for_model(o["model"], method=o["method"], steps=o["steps"], guidance=o["guidance"],
+                                      shift=o["shift"], window_frames=o["window"], overlap_frames=o["overlap"],
+                                      chunk_frames=o["chunk"], history_sigma=o["history_sigma"])
+    assert o["decoder"] in DECODERS
+    config = DubConfig(video=video, decoder=o["decoder"], seed=o["seed"], emotion=o["emotion"])
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    avatar = load_render_avatar(o["model"], o["teacher"], device)
+    result = dub(avatar, args.video, args.audio, args.out, config, _box(args.mask_box) if args.mask_box else None,
+                 print_progress)
+    print(f"{args.out}: " + "\n".join(result.lines()))
+    if not args.score:
+        return 0
+    m = measure_outside(args.video, args.out, result.box)
+    print(f"after h264, against the source: outside the box mean |d| {m['outside_mean_abs']:.2f}/255, "
+          f"{100 * m['outside_within_tolerance']:.2f}% of pixels within 8; inside it mean |d| {m['inside_mean_abs']:.2f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        first = next(iter(SourceVideo(args.video)))
+        portrait = f"{tmp}/first-frame.png"
+        _write_png(portrait, np.ascontiguousarray(first[: first.shape[0] // 2 * 2, : first.shape[1] // 2 * 2]))
+        print("the dubbed video, for the new audio:")
+        _score(args.out, portrait, args.audio)
+        print("the source video, for the new audio (what lip sync was before):")
+        _score(args.video, portrait, args.audio)
+    return 0
+
+
+def _write_png(path: str, image) -> None:
+    import av
+
+    with av.open(path, "w", format="image2") as out:
+        stream = out.add_stream("png")
+        stream.width, stream.height, stream.pix_fmt = image.shape[1], image.shape[0], "rgb24"
+        for packet in list(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24"))) + list(stream.encode(None)):
+            out.mux(packet)
+
+
+def _dub_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--video", required=True, help="the video to dub (any format PyAV reads; a face in it)")
+    p.add_argument("--audio", required=True, help="the new audio")
+    p.add_argument("--out", required=True)
+    p.add_argument("--mask-box", help="left,top,right,bottom in fractions of the frame (default: the lower face "
+                   "found in the first frame)")
+    for name, kw in (("--method", {"choices": ["extend", "fuse"]}), ("--model", {"choices": ["student", "teacher"]}),
+                     ("--teacher", {}), ("--steps", {"type": int}), ("--guidance", {"type": float}),
+                     ("--shift", {"type": float}), ("--window", {"type": int}), ("--overlap", {"type": int}),
+                     ("--chunk", {"type": int}), ("--history-sigma", {"type": float}),
+                     ("--decoder", {"choices": ["vae", "tiny"]}),
+                     ("--emotion", {"choices": ["neutral", "happy", "sad", "surprised", "angry"]}),
+                     ("--seed", {"type": int})):
+        p.add_argument(name, **kw)  # as for render
+    p.set_defaults(checkpoint_s=None, context_shots=None, measure_joins=None)
+    p.add_argument("--score", action=argparse.BooleanOptionalAction, default=True,
+                   help="score with `talkstream eval` (lip sync for the new audio) and the pixels outside the box")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when there is one)")
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     """SynthTalk: `talkstream data synth --out DIR --clips N --seconds S --size R` writes dataset shards."""
     from engine.data.synth import synthesize_dataset
@@ -282,6 +367,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     "data": (cmd_data, _data_args),
     "train": (cmd_train, _train_args),
     "render": (cmd_render, _render_args),
+    "dub": (cmd_dub, _dub_args),
     "eval": (cmd_eval, _eval_args),
     "export": __import__("exporters.cli_export", fromlist=["COMMAND"]).COMMAND,
     "serve": __import__("clients.serve_cli", fromlist=["SERVE"]).SERVE,

@@ -28,3 +28,7 @@ class DataError(EngineError):
 class RenderError(EngineError):
     """An offline render cannot go on: the disk is full, or its work folder holds a render of other inputs.
     What is already rendered is kept; the message says how to continue."""
+
+
+class VideoError(EngineError, ValueError):
+    """A video that cannot be used: unreadable, no video stream, no frames."""
