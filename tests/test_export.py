@@ -60,7 +60,8 @@ def exported() -> Path:
 
 
 def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    """max |a − b| / max |b|; tensors may sit on any device."""
+    a, b = (np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, np.float64) for x in (a, b))
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
 

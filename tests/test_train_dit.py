@@ -22,7 +22,7 @@ PHASES = (Phase("mouth", 0.5, 2, 8.0, 1.0), Phase("long", 1.0, 4, 4.0, 1.0))
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("dit")
-    synthesize_dataset(root / "data", 3, 1.0, 128, seed=5, eval_fraction=0.0, fmt="raw")
+    synthesize_dataset(root / "data", 3, 2.0, 128, seed=5, eval_fraction=0.0, fmt="raw")
     torch.manual_seed(0)
     save_vae(root / "vae.safetensors", CausalVAE(vae_config("demo")))
     common = dict(data=str(root / "data"), vae=str(root / "vae.safetensors"), steps=3, batch=2, log_every=1,
@@ -52,6 +52,49 @@ def test_three_stages_train_save_and_resume(setup):
     assert model.cfg.name == "demo"
     losses = [r["loss"] for r in _log(root / "distill") if "loss" in r]
     assert len(losses) == 3 and all(l == l and l < 10 for l in losses)
+    assert any("audio_gain" in r for r in _log(root / "teacher"))  # the audio probe is logged
+    selfforce = replace(TRAIN_PRESETS["demo-selfforce"], out=str(root / "selfforce"),
+                        init=str(root / "distill" / "final.safetensors"), teacher=str(root / "teacher" / "final.safetensors"),
+                        **{**common, "steps": 2, "batch": 2, "phases": (Phase("long", 1.0, 2, 4.0, 1.0),)})
+    train(selfforce)
+    assert (root / "selfforce" / "fake.safetensors").exists()
+    train(replace(selfforce, steps=3))  # resumes at step 2
+    rows = [r for r in _log(root / "selfforce") if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["loss"] == r["loss"] and r["fake_loss"] < 10 for r in rows)
+    after = load_dit(root / "selfforce" / "final.safetensors").state_dict()
+    before = load_dit(root / "distill" / "final.safetensors").state_dict()
+    assert any(not torch.equal(after[k], before[k]) for k in before)  # the rollouts moved the generator
+
+
+def test_latent_cache_is_written_once_and_read_by_later_stages(setup, tmp_path):
+    root, common = setup
+    cache = tmp_path / "latents.safetensors"
+    first = replace(TRAIN_PRESETS["demo-teacher"], out=str(tmp_path / "a"), latents=str(cache), **{**common, "steps": 1})
+    train(first)
+    assert cache.exists()
+    from engine.train.dit import latent_clips
+
+    cached = latent_clips(replace(first, vae=str(tmp_path / "no-such-vae.safetensors")), "cpu")  # not re-encoded
+    encoded = latent_clips(replace(first, latents=""), "cpu")
+    assert torch.allclose(cached.latents, encoded.latents, atol=1e-6) and torch.equal(cached.masks, encoded.masks)
+    assert cached.latents.shape[0] == 3 and cached.audio.shape[:2] == cached.latents.shape[:1] + cached.latents.shape[2:3]
+
+
+def test_audio_probe_is_zero_when_the_audio_branch_is_silent(setup):
+    root, common = setup
+    from engine.models.dit import DiT, dit_config
+    from engine.train.dit import audio_probe, latent_clips
+
+    cfg = replace(TRAIN_PRESETS["demo-teacher"], out="o", **{**common, "phases": PHASES})
+    data = latent_clips(cfg, "cpu")
+    torch.manual_seed(0)
+    model = DiT(dit_config("demo")).eval()  # the audio output projections start at zero
+    torch.nn.init.normal_(model.head.head.weight, std=0.02)  # (and so does the head)
+    grid = tuple(data.latents.shape[-2:])
+    assert audio_probe(model, data, cfg, grid, False, torch.Generator().manual_seed(0), batch=2) == pytest.approx(0, abs=1e-6)
+    for block in model.blocks:
+        torch.nn.init.normal_(block.audio_cross_attn.proj.weight, std=0.5)
+    assert abs(audio_probe(model, data, cfg, grid, False, torch.Generator().manual_seed(0), batch=2)) > 1e-3
 
 
 def test_facial_mask_weighs_the_mouth():

@@ -15,6 +15,8 @@ config → build → loop → save, one stage per run (`talkstream train STAGE` 
     student learns to jump from each recorded point straight to the teacher's x0 (loss on x̂0 = x − σ·v),
     with the clean teacher frames as its history; a diffusion-forcing term on real data keeps it grounded.
     Training at the 4-step σs covers 2 and 1 steps too (their σs are a subset).
+  * selfforce — the student streams its own rollouts and learns from them by distribution matching
+    (engine/train/selfforce.py).
 
 Every stage: the facial-mask loss (per latent pixel 1 + λ_face·face + λ_mouth·mouth, from SynthTalk masks
 max-pooled to the latent grid) and the hybrid curriculum of `phases` (mouth first: short windows, a heavy
@@ -49,7 +51,7 @@ from engine.models.attention import SequenceLayout
 from engine.models.dit import DiT, dit_config, emotion_tokens
 from engine.models.vae import CausalVAE
 
-STAGES = ("teacher", "student", "distill")
+STAGES = ("teacher", "student", "distill", "selfforce")
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,10 @@ class TrainDiTConfig:
     teacher_guidance: float = 2.0  # distill: audio CFG scale of the teacher
     ode_pairs: int = 1024  # distill: teacher trajectories made at the start
     ode_weight: float = 1.0  # distill: weight of the ODE regression beside the diffusion-forcing term
+    fake_lr: float = 1e-4  # selfforce: learning rate of the fake score
+    fake_updates: int = 2  # selfforce: fake-score updates per generator update
     max_clips: int = 0
+    latents: str = ""  # a cache of the encoded split (safetensors), shared by the stages of one run
     time_budget_s: float = 0.0
     save_every: int = 500
     log_every: int = 50
@@ -120,6 +125,8 @@ TRAIN_PRESETS: dict[str, TrainDiTConfig] = {
     "demo-student": TrainDiTConfig("student", steps=8000, batch=48, lr=2e-4, warmup=100),
     "demo-distill": TrainDiTConfig("distill", steps=6000, batch=48, lr=1e-4, warmup=100,
                                    phases=(Phase("long", 1.0, 8, mouth_weight=4.0, face_weight=1.0),)),
+    "demo-selfforce": TrainDiTConfig("selfforce", steps=3000, batch=24, lr=3e-5, fake_lr=1e-4, warmup=50,
+                                     phases=(Phase("long", 1.0, 8, mouth_weight=4.0, face_weight=1.0),)),
 }
 
 
@@ -144,23 +151,52 @@ class LatentClips:
 
 @torch.no_grad()
 def encode_clips(data: SynthTalk, vae: CausalVAE, device: str, limit: int | None = None,
-                 audio_cfg: AudioFeatureConfig = AudioFeatureConfig(), size: int = 128) -> LatentClips:
+                 audio_cfg: AudioFeatureConfig = AudioFeatureConfig(), size: int = 128,
+                 batch: int = 16) -> LatentClips:
+    """Encode a split with the VAE (posterior means), `batch` clips at a time."""
     k = vae.cfg.temporal_stride
     bank = data.bank(size, "cpu", limit)
     n, t = bank.frames.shape[:2]
     t = 1 + (t - 1) // k * k
     latents, windows, masks = [], [], []
     p = next(vae.parameters())
+    for i in range(0, n, batch):
+        video = bank.frames[i:i + batch, :t].permute(0, 4, 1, 2, 3).to(device).float() / 127.5 - 1  # [b, 3, T, H, W]
+        z = vae.encode(video.to(p.dtype)).float()  # [b, C, L, h, w]
+        latents.append(z)
+        m = bank.masks[i:i + batch, :t].permute(0, 4, 1, 2, 3).float().to(device) / 255  # [b, 2, T, H, W]
+        pooled = torch.cat([m[:, :, :1], m[:, :, 1:].unflatten(2, (-1, k)).amax(3)], 2)  # frame 0, groups of k
+        masks.append(F.adaptive_max_pool3d(pooled, z.shape[2:]))  # [b, 2, L, h, w]
+    latents_t = torch.cat(latents)
     for i in range(n):
-        video = bank.frames[i, :t].permute(3, 0, 1, 2)[None].to(device).float() / 127.5 - 1  # [1, 3, T, H, W]
-        latents.append(vae.encode(video.to(p.dtype)).float()[0])
         mel = log_mel(bank.audio[i], audio_cfg)
-        windows.append(latent_audio_windows(mel, latents[-1].shape[1], audio_cfg))
-        m = bank.masks[i, :t].permute(3, 0, 1, 2).float().to(device) / 255  # [2, T, H, W]
-        pooled = torch.cat([m[:, :1], m[:, 1:].unflatten(1, (-1, k)).amax(2)], 1)  # [2, L, H, W]: frame 0, groups of k
-        masks.append(F.adaptive_max_pool2d(pooled, latents[-1].shape[-2:]))  # [2, L, h, w]
-    return LatentClips(torch.stack(latents), torch.stack(windows).to(device), torch.stack(masks),
+        windows.append(latent_audio_windows(mel, latents_t.shape[2], audio_cfg))
+    return LatentClips(latents_t, torch.stack(windows).to(device), torch.cat(masks),
                        bank.truth["expression"][:, 0].long().to(device))
+
+
+def latent_clips(cfg: "TrainDiTConfig", device: str) -> LatentClips:
+    """The training split as latents: read from `cfg.latents` when that cache exists (stages of one run
+    share it), else encoded with `cfg.vae` and, when `cfg.latents` is named, written there."""
+    from safetensors.torch import load_file, save_file
+
+    if cfg.latents and Path(cfg.latents).exists():
+        t = load_file(cfg.latents, device=str(device))
+        clips = LatentClips(t["latents"], t["audio"], t["masks"], t["expression"])
+        if cfg.max_clips:
+            clips = LatentClips(*(v[:cfg.max_clips] for v in (clips.latents, clips.audio, clips.masks, clips.expression)))
+        return clips
+    vae = load_vae(cfg.vae).to(device)
+    clips = encode_clips(SynthTalk(cfg.data.split(","), "train"), vae, device, cfg.max_clips or None,
+                         size=cfg.resolution)
+    if cfg.latents:
+        Path(cfg.latents).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(cfg.latents + ".tmp")
+        save_file({"latents": clips.latents.contiguous(), "audio": clips.audio.contiguous(),
+                   "masks": clips.masks.contiguous(), "expression": clips.expression.contiguous()}, str(tmp),
+                  metadata={"vae": cfg.vae, "data": cfg.data})
+        tmp.replace(cfg.latents)
+    return clips
 
 
 # ----------------------------------------------------------------------------- pieces of a step
@@ -253,10 +289,14 @@ def teacher_trajectories(teacher: DiT, data: LatentClips, cfg: TrainDiTConfig, f
 # ----------------------------------------------------------------------------- the recipe
 
 def train(cfg: TrainDiTConfig) -> dict[str, float]:
+    if cfg.stage == "selfforce":
+        from engine.train.selfforce import train_selfforce
+
+        return train_selfforce(cfg)
     if cfg.stage == "distill" and not cfg.teacher:
         raise ConfigError("distill needs --teacher PATH (the teacher's final.safetensors)")
-    if not cfg.data or not cfg.out:
-        raise ConfigError("name the data (--data FOLDER) and the run folder (--out FOLDER)")
+    if not (cfg.data or cfg.latents) or not cfg.out:
+        raise ConfigError("name the data (--data FOLDER, or --latents CACHE) and the run folder (--out FOLDER)")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = 0
     device = cfg.device
@@ -268,20 +308,17 @@ def train(cfg: TrainDiTConfig) -> dict[str, float]:
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
             torch.cuda.set_device(device)
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and cfg.stage != "teacher":
         # The fused SDPA kernels gave NaN losses, then illegal memory accesses, in the backward of the
         # block-causal layout (many small query blocks over sliced keys; H100, torch 2.11, bf16); the math
-        # kernel is exact and, at the demo's ≤ 1k-token sequences, costs little.
+        # kernel is exact. The teacher's bidirectional layout (whole sequences) keeps the fused kernels.
         torch.backends.cuda.enable_flash_sdp(False)
         torch.backends.cuda.enable_mem_efficient_sdp(False)
         torch.backends.cuda.enable_cudnn_sdp(False)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    vae = load_vae(cfg.vae).to(device)
-    data = encode_clips(SynthTalk(cfg.data.split(","), "train"), vae, device, cfg.max_clips or None,
-                        size=cfg.resolution)
-    del vae
+    data = latent_clips(cfg, device)
     grid = tuple(data.latents.shape[-2:])
     model = load_dit(cfg.init) if cfg.init else DiT(dit_config(cfg.preset))
     model = model.to(device).train()
@@ -337,8 +374,10 @@ def train(cfg: TrainDiTConfig) -> dict[str, float]:
         opt.step()
         step += 1
         if log is not None and step % cfg.log_every == 0:
+            probe = audio_probe(model, data, cfg, grid, causal, torch.Generator(device=device).manual_seed(step)) if step % (cfg.log_every * 4) == 0 else None
             log.write(json.dumps({"step": step, "loss": round(loss.item(), 5), "phase": phase.name,
-                                  "s": round(time.perf_counter() - t0, 1)}) + "\n")
+                                  "s": round(time.perf_counter() - t0, 1)}
+                                 | ({"audio_gain": round(probe, 4)} if probe is not None else {})) + "\n")
             log.flush()
         if rank == 0 and step % cfg.save_every == 0:
             save_checkpoint(out, model, step, cfg)
@@ -372,6 +411,30 @@ def ode_loss(net, ode, data: LatentClips, cfg: TrainDiTConfig, grid, g: torch.Ge
         v = velocity(net, x, ref, sigma, layout_for(net, h + cfg.chunk, grid, cfg, True), audio_tokens, text_kv)
     x0 = x0_from_velocity(x[:, :, h:].float(), v[:, :, h:].float(), few[k])
     return masked_mse(x0, target, masks[:, :, h:], cfg.phases[-1])
+
+
+@torch.no_grad()
+def audio_probe(model: DiT, data: LatentClips, cfg: TrainDiTConfig, grid, causal: bool, g: torch.Generator,
+                sigma: float = 0.6, batch: int = 16) -> float:
+    """How much the model uses the audio: the relative rise of its mouth-region error at σ when every clip
+    gets another clip's audio (0: the audio is ignored). Logged beside the loss while training; run on the
+    bare model (rank 0 alone), never through DDP."""
+    n, _, length = data.latents.shape[:3]
+    frames = min(cfg.phases[-1].frames, length - 1)
+    clips = torch.randint(n, (batch,), generator=g, device=g.device)
+    starts = torch.randint(1, length - frames + 1, (batch,), generator=g, device=g.device)
+    x0, ref, audio, masks = data.window(clips, starts, frames)
+    noise = torch.randn(x0.shape, generator=g, device=g.device)
+    sig = torch.full((batch, frames), sigma, device=g.device)
+    x_t = add_noise(x0, noise, sig[:, None, :, None, None])
+    errors = []
+    for a in (audio, audio.roll(1, 0)):
+        with torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16):
+            text_kv = model.encode_text(emotion_tokens(data.expression[clips], model.cfg.text_dim))
+            v = velocity(model, x_t, ref, sig, layout_for(model, frames, grid, cfg, causal), model.encode_audio(a), text_kv)
+        only_mouth = torch.cat([torch.zeros_like(masks[:, :1]), masks[:, 1:]], 1)  # weight = mouth mask
+        errors.append(float((only_mouth[:, 1:] * (v.float() - (noise - x0)) ** 2).sum() / only_mouth[:, 1:].sum().clamp(min=1)))
+    return errors[1] / max(errors[0], 1e-12) - 1
 
 
 def save_checkpoint(out: Path, model: DiT, step: int, cfg: TrainDiTConfig) -> None:

@@ -43,7 +43,7 @@ class TrainReaderConfig:
     public_identities: int = 512
     eval_clips: int = 64
     max_clips: int = 0
-    vae: str = ""  # mouth: half of each batch is read from this VAE's reconstructions (generated frames)
+    vae: str = ""  # half of each batch (mouth) or of the second views (identity) is this VAE's reconstructions
     time_budget_s: float = 0.0
     log_every: int = 50
     seed: int = 0
@@ -132,6 +132,20 @@ def reconstructed(vae, bank: Bank, n: int, g: torch.Generator) -> tuple[torch.Te
     return frames[:n], index[:n]
 
 
+@torch.no_grad()
+def reconstructed_at(vae, bank: Bank, clips: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The VAE round trip of frame t of each clip, uint8 [n, S, S, 3]: the last frame of the 5-frame window
+    that ends there (a frame in mid-stream, as generated frames are; t < 4 takes the window 0..4)."""
+    end = t.clamp(min=4)
+    idx = end[:, None] - 4 + torch.arange(5, device=t.device)
+    video = bank.frames[clips[:, None], idx].permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # [n, 3, 5, S, S]
+    with torch.autocast("cuda", torch.bfloat16, enabled=video.is_cuda):
+        y = vae.decode(vae.encode(video)).float()
+    pick = (t - end + 4).clamp(min=0)  # frame t inside the window
+    y = y[torch.arange(len(t), device=t.device), :, pick]  # [n, 3, S, S]
+    return ((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
 # ----------------------------------------------------------------------------- scores
 
 @torch.no_grad()
@@ -208,7 +222,11 @@ def train(cfg: TrainReaderConfig) -> dict[str, float]:
             clips = torch.randperm(n, generator=g, device=cfg.device)[: cfg.batch]
             t1 = torch.randint(t, (len(clips),), generator=g, device=cfg.device)
             t2 = (t1 + torch.randint(t // 4, t, (len(clips),), generator=g, device=cfg.device)) % t
-            views = torch.cat([train_bank.frames[clips, t1], train_bank.frames[clips, t2]])
+            second = train_bank.frames[clips, t2]
+            if vae is not None:  # half the second views through the VAE: generated frames are judged too
+                h = len(clips) // 2
+                second = torch.cat([reconstructed_at(vae, train_bank, clips[:h], t2[:h]), second[h:]])
+            views = torch.cat([train_bank.frames[clips, t1], second])
             assert public is not None
             negs = public[torch.randint(len(public), (cfg.batch,), generator=g, device=cfg.device)]
             emb = model(degrade(prepare(torch.cat([views, negs]), size), g))
@@ -228,7 +246,12 @@ def train(cfg: TrainReaderConfig) -> dict[str, float]:
             rec = [reconstructed_clip(vae, eval_bank.frames[i, :t]) for i in range(eval_bank.frames.shape[0])]
         recon_bank = Bank(torch.stack(rec), eval_bank.masks[:, :t], {k: v[:, :t] for k, v in eval_bank.truth.items()},
                           eval_bank.audio, eval_bank.identity_ids, eval_bank.rows)
-        scores |= {f"reconstructed_{k}": v for k, v in score_mouth(model, recon_bank).items()}  # type: ignore[arg-type]
+        score = score_mouth if cfg.model == "mouth" else score_identity
+        scores |= {f"reconstructed_{k}": v for k, v in score(model, recon_bank).items()}  # type: ignore[arg-type]
+        if cfg.model == "identity":  # a frame against the VAE round trip of its own clip
+            scores["reconstructed_to_original"] = round(float(np.mean([
+                (model.embed(eval_bank.frames[i, :t:8]) * model.embed(recon_bank.frames[i, ::8])).sum(-1).mean()
+                for i in range(eval_bank.frames.shape[0])])), 4)
     save_state(out / "final.safetensors", model.state_dict(), net_cfg, kind=type(model).__name__,
                metrics=json.dumps(scores), steps=str(step), recipe=json.dumps(asdict(cfg)))
     log.write(json.dumps({"step": step, "eval": scores}) + "\n")

@@ -1,0 +1,180 @@
+"""Recipe: self-forcing rollouts with distribution matching (the stage after the ODE initialisation).
+
+Exposure bias is what the earlier stages leave: the student learnt each chunk from clean (real or teacher)
+history, but streams on its own outputs. Here it trains on its own outputs (Self-Forcing): each step it
+streams a window chunk by chunk exactly as the StreamingGenerator does — x̂0 from noise through the few-step
+σs, re-noised between steps, every finished chunk becoming clean history for the next — and the loss is
+taken on the whole rollout by distribution matching distillation (DMD, as CausVid and Self-Forcing use):
+
+  1. rollout: a random exit step k (the same for every chunk of one rollout); steps before k run without
+     gradient, step k keeps it, so the generator learns every step count it is used with (4, 2, 1);
+     history is detached.
+  2. DMD: re-noise the rollout x̂0 at a random σ; the frozen teacher (with audio CFG) and the fake score
+     (trained on the generator's outputs) each predict x0; their difference is the gradient of the
+     KL between the generator's and the data distribution, pushed into x̂0 through a stop-gradient target
+     (normalised by the mean distance to the teacher's x0, DMD's weighting), weighted by the facial mask.
+  3. the fake score learns the generator's current outputs by flow matching (`fake_updates` per step).
+
+Writes like engine/train/dit.py (same config, data cache, logs, checkpoints, resume): `talkstream train
+demo-selfforce --init DISTILLED --teacher TEACHER`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.checkpoints.io import read_state
+from engine.checkpoints.wan import load_dit, save_dit
+from engine.diffusion.flow import add_noise, x0_from_velocity
+from engine.diffusion.guidance import cfg as guidance
+from engine.diffusion.schedules import shift_sigmas
+from engine.errors import ConfigError
+from engine.generate.streaming import sigma_list
+from engine.models.dit import DiT, emotion_tokens
+from engine.train.dit import (LatentClips, TrainDiTConfig, latent_clips, layout_for, masked_mse, save_checkpoint,
+                              velocity)
+
+
+def rollout(generator: DiT, data: LatentClips, clips: torch.Tensor, starts: torch.Tensor, cfg: TrainDiTConfig,
+            grid, exit_step: int, g: torch.Generator) -> torch.Tensor:
+    """Stream `frames` latent frames chunk by chunk from noise with the generator's own history; returns
+    x̂0 [B, C, F, h, w], differentiable through each chunk's exit step only."""
+    frames = cfg.phases[-1].frames
+    _, ref, audio, _ = data.window(clips, starts, frames)
+    sigmas = sigma_list(cfg.few_steps, cfg.few_shift)[: exit_step + 1]
+    audio_tokens = generator.encode_audio(audio)
+    text_kv = generator.encode_text(emotion_tokens(data.expression[clips], generator.cfg.text_dim))
+    b, c = len(clips), cfg.chunk
+    shape = (b, data.latents.shape[1], c, *grid)
+    history: list[torch.Tensor] = []
+    for start in range(0, frames, c):
+        past = torch.cat(history, 2).detach() if history else None
+        x = torch.randn(shape, generator=g, device=g.device)
+        layout = layout_for(generator, start + c, grid, cfg, causal=True)
+        for i, sigma in enumerate(sigmas):
+            last = i == len(sigmas) - 1
+            with torch.set_grad_enabled(last and torch.is_grad_enabled()):
+                seq = torch.cat([past, x], 2) if past is not None else x
+                sig = torch.cat([torch.zeros(b, start, device=x.device), torch.full((b, c), sigma, device=x.device)], 1)
+                with torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16):
+                    v = velocity(generator, seq, ref, sig, layout, audio_tokens[:, : start + c], text_kv)
+                x0 = x0_from_velocity(x.float(), v[:, :, start:].float(), sigma)
+            if not last:
+                x = add_noise(x0.detach(), torch.randn(shape, generator=g, device=g.device), sigmas[i + 1])
+        history.append(x0)
+    return torch.cat(history, 2)
+
+
+def predict_x0(model: DiT, x: torch.Tensor, ref: torch.Tensor, sigma: torch.Tensor, audio: torch.Tensor,
+               expression: torch.Tensor, cfg: TrainDiTConfig, grid, scale: float = 1.0) -> torch.Tensor:
+    """x0 predicted by a bidirectional score model at per-sample σ [B], with audio CFG `scale`."""
+    frames = x.shape[2]
+    layout = layout_for(model, frames, grid, cfg, causal=False)
+    sig = sigma[:, None].expand(-1, frames)
+    with torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16):
+        text_kv = model.encode_text(emotion_tokens(expression, model.cfg.text_dim))
+        v = velocity(model, x, ref, sig, layout, model.encode_audio(audio), text_kv).float()
+        if scale != 1.0:
+            v = guidance(v, velocity(model, x, ref, sig, layout, None, text_kv).float(), scale)
+    return x0_from_velocity(x.float(), v, sigma[:, None, None, None, None])
+
+
+def train_selfforce(cfg: TrainDiTConfig) -> dict[str, float]:
+    if not cfg.init or not cfg.teacher:
+        raise ConfigError("selfforce needs --init (the distilled student) and --teacher (the teacher's weights)")
+    if not cfg.data and not cfg.latents or not cfg.out:
+        raise ConfigError("name the data (--data FOLDER or --latents CACHE) and the run folder (--out FOLDER)")
+    device = cfg.device
+    if torch.cuda.is_available():  # block-causal backward: the math kernel (see engine/train/dit.py)
+        torch.backends.cuda.enable_flash_sdp(False)
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    data = latent_clips(cfg, device)
+    grid = tuple(data.latents.shape[-2:])
+    generator = load_dit(cfg.init).to(device).train()
+    fake = load_dit(cfg.teacher).to(device).train()
+    teacher = load_dit(cfg.teacher).to(device).eval().requires_grad_(False)
+    step = 0
+    if (out / "state.json").exists():  # resume
+        generator.load_state_dict(read_state(out / "last.safetensors"))
+        fake.load_state_dict(read_state(out / "fake.safetensors"))
+        step = json.loads((out / "state.json").read_text())["step"]
+    opt_g = torch.optim.AdamW(generator.parameters(), lr=cfg.lr, betas=(0.0, 0.99), weight_decay=0.01)
+    opt_f = torch.optim.AdamW(fake.parameters(), lr=cfg.fake_lr, betas=(0.0, 0.99), weight_decay=0.01)
+    g = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + step * 31)
+    frames = cfg.phases[-1].frames
+    phase = cfg.phases[-1]
+    n, _, length = data.latents.shape[:3]
+    log = (out / "log.jsonl").open("a")
+    t0 = time.perf_counter()
+    while step < cfg.steps and not (cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s):
+        clips = torch.randint(n, (cfg.batch,), generator=g, device=device)
+        starts = torch.randint(1, length - frames + 1, (cfg.batch,), generator=g, device=device)
+        _, ref, audio, masks = data.window(clips, starts, frames)
+        expression = data.expression[clips]
+        exit_step = int(torch.randint(cfg.few_steps, (1,), generator=g, device=device))
+        x0 = rollout(generator, data, clips, starts, cfg, grid, exit_step, g)
+
+        # DMD: the teacher's and the fake score's x0 at a random σ, the difference pushed into x̂0
+        sigma = shift_sigmas(0.02 + 0.96 * torch.rand(cfg.batch, generator=g, device=device), cfg.shift)
+        noise = torch.randn(x0.shape, generator=g, device=device)
+        with torch.no_grad():
+            x_t = add_noise(x0.detach(), noise, sigma[:, None, None, None, None])
+            real = predict_x0(teacher, x_t, ref, sigma, audio, expression, cfg, grid, cfg.teacher_guidance)
+            fake_x0 = predict_x0(fake, x_t, ref, sigma, audio, expression, cfg, grid)
+            weight = (x0.detach() - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp(min=1e-6)
+            target = x0.detach() - (fake_x0 - real) / weight
+        loss_g = masked_mse(x0, target, masks, phase)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        torch.nn.utils.clip_grad_norm_(generator.parameters(), 1.0)
+        opt_g.step()
+
+        # the fake score follows the generator's outputs (flow matching on them)
+        for _ in range(cfg.fake_updates):
+            s = shift_sigmas(torch.rand(cfg.batch, generator=g, device=device), cfg.shift)
+            eps = torch.randn(x0.shape, generator=g, device=device)
+            x_t = add_noise(x0.detach(), eps, s[:, None, None, None, None])
+            with torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16):
+                text_kv = fake.encode_text(emotion_tokens(expression, fake.cfg.text_dim))
+                v = velocity(fake, x_t, ref, s[:, None].expand(-1, frames), layout_for(fake, frames, grid, cfg, False),
+                             fake.encode_audio(audio), text_kv)
+            loss_f = masked_mse(v, eps - x0.detach(), masks, phase)
+            opt_f.zero_grad(set_to_none=True)
+            loss_f.backward()
+            torch.nn.utils.clip_grad_norm_(fake.parameters(), 1.0)
+            opt_f.step()
+        progress = max(step / cfg.steps, (time.perf_counter() - t0) / cfg.time_budget_s if cfg.time_budget_s else 0)
+        for opt, lr in ((opt_g, cfg.lr), (opt_f, cfg.fake_lr)):
+            for group in opt.param_groups:
+                group["lr"] = lr * min(1.0, (step + 1) / cfg.warmup) * (0.55 + 0.45 * np.cos(np.pi * min(progress, 1.0)))
+        step += 1
+        if step % cfg.log_every == 0:
+            distance = float((x0.detach() - real).pow(2).mean())
+            log.write(json.dumps({"step": step, "loss": round(loss_g.item(), 5), "fake_loss": round(loss_f.item(), 5),
+                                  "to_teacher": round(distance, 5), "exit_step": exit_step,
+                                  "s": round(time.perf_counter() - t0, 1)}) + "\n")
+            log.flush()
+        if step % cfg.save_every == 0:
+            _save(out, generator, fake, step, cfg)
+    _save(out, generator, fake, step, cfg)
+    save_dit(out / "final.safetensors", generator, stage=cfg.stage, steps=str(step), recipe=json.dumps(asdict(cfg)),
+             seconds=str(round(time.perf_counter() - t0)))
+    log.write(json.dumps({"step": step, "done": True, "s": round(time.perf_counter() - t0, 1)}) + "\n")
+    log.close()
+    return {"steps": step, "loss": loss_g.item()}
+
+
+def _save(out: Path, generator: DiT, fake: DiT, step: int, cfg: TrainDiTConfig) -> None:
+    from engine.checkpoints.io import save_state
+
+    save_state(out / "fake.safetensors", fake.state_dict(), fake.cfg, kind="dit")
+    save_checkpoint(out, generator, step, cfg)
