@@ -1,10 +1,28 @@
-"""`talkstream render`: a film of the audio's length with the audio muxed, in constant memory; bad inputs stop
-with a clear message and leave no file behind."""
+"""`talkstream render`: films of the audio's length with the audio muxed, in constant memory, by both methods;
+a killed render goes on to the same latents and video; bad inputs and a full disk stop with a clear message and
+keep what was rendered."""
+import errno
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import av
 import numpy as np
+import pytest
+import torch
 
 from clients.cli import main
-from engine.generate.avatar import shipped_portraits
+from engine.audio.features import AudioFeatureConfig
+from engine.errors import AudioError, ImageError, RenderError
+from engine.generate.avatar import Avatar, shipped_portraits
+from engine.generate.long_video import LongVideoConfig
+from engine.generate.mp4 import VideoSegment
+from engine.generate.render import RenderConfig, render
+from engine.generate.shots import Shot
+from engine.models.dit import DiT, DiTConfig
+from engine.models.vae import CausalVAE, vae_config
 from tests.test_audio import write_audio
 
 
@@ -36,26 +54,6 @@ def test_bad_inputs_stop_with_a_message_and_no_file(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- long films on a tiny model
-
-import errno  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from engine.audio.features import AudioFeatureConfig  # noqa: E402
-from engine.errors import AudioError, ImageError, RenderError  # noqa: E402
-from engine.generate.avatar import Avatar  # noqa: E402
-from engine.generate.long_video import LongVideoConfig  # noqa: E402
-from engine.generate.mp4 import VideoSegment  # noqa: E402
-from engine.generate.render import RenderConfig, render  # noqa: E402
-from engine.generate.shots import Shot  # noqa: E402
-from engine.models.dit import DiT, DiTConfig  # noqa: E402
-from engine.models.vae import CausalVAE, vae_config  # noqa: E402
 
 AUDIO = AudioFeatureConfig()
 PORTRAIT = next(iter(shipped_portraits().values()))
@@ -133,7 +131,8 @@ render(tiny_avatar(), [Shot(PORTRAIT, out.parent / "a.wav")], out,
 def _child(tmp_path, method, kill_after, out, latents):
     latents.mkdir(exist_ok=True)
     return subprocess.run([sys.executable, "-c", CHILD, str(method), str(kill_after), str(out), str(latents)],
-                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120)
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120,
+                          check=False)
 
 
 @pytest.mark.parametrize("method", [0, 1], ids=["extend-student", "fuse-teacher"])

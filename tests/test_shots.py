@@ -1,6 +1,4 @@
 """Multi-shot scripts: the TOML shot list, its errors, and a film of several shots with in-context identity."""
-from pathlib import Path
-
 import av
 import numpy as np
 import pytest

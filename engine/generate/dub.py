@@ -227,8 +227,8 @@ def dub(avatar: Avatar, video: str | Path, audio: str | Path, out: str | Path, c
             keep = latents[:, :, :plan.latent_frames - done_latents]
             if not keep.shape[2]:
                 return
-            made = decoder.decode(keep)[:source.frames - done_frames]  # [n, res, res, 3]
-            made = _resize(made.permute(0, 3, 1, 2).float(), side).permute(0, 2, 3, 1).numpy()
+            decoded = decoder.decode(keep)[:source.frames - done_frames]  # [n, res, res, 3]
+            made = _resize(decoded.permute(0, 3, 1, 2).float(), side).permute(0, 2, 3, 1).numpy()
             out_frames = []
             outside = alpha[..., 0] == 0
             for i in range(len(made)):

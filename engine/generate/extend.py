@@ -102,8 +102,8 @@ class TeacherExtend:
             assert self.history_audio is not None
             audio_windows = torch.cat([self.history_audio, windows], 1)
             if self.history_sigma > 0:
-                noise = torch.randn(history.shape, generator=g, device=like.device, dtype=like.dtype)
-                history = add_noise(history, noise, self.history_sigma)
+                history_noise = torch.randn(history.shape, generator=g, device=like.device, dtype=like.dtype)
+                history = add_noise(history, history_noise, self.history_sigma)
         audio = self.model.encode_audio(audio_windows)
         for i, sigma in enumerate(self.sampler.sigmas):
             if known is not None:

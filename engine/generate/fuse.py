@@ -77,11 +77,12 @@ class WindowFuse:
                 assert known is not None, "known latents are given for every window or for none"
                 known = Known(torch.cat([self.tail_known, known.latents], 2), known.mask)
         audio = self.model.encode_audio(windows)
-        x = self._fresh(W) if first else torch.cat([self.tail[0], self._fresh(W - O)], 2)  # shared start noise
+        tail = self.tail if self.tail is not None else torch.zeros(0)  # the earlier window's trajectory
+        x = self._fresh(W) if first else torch.cat([tail[0], self._fresh(W - O)], 2)  # shared start noise
         states, noises = [], []
         for i, sigma in enumerate(self.sampler.sigmas):
             if not first and O:
-                x = self._blend(x, self.tail[i])
+                x = self._blend(x, tail[i])
             if known is not None:
                 x = known.impose(x, sigma, self.generator)
             states.append(x[:, :, W - O:])
@@ -96,7 +97,7 @@ class WindowFuse:
                 noises.append(noise[:, :, W - O:])
             x = self.sampler.next(x, v, i, noise)
         if not first and O:
-            x = self._blend(x, self.tail[-1])
+            x = self._blend(x, tail[-1])
         if known is not None:
             x = known.compose(x)
         states.append(x[:, :, W - O:])

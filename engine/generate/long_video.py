@@ -96,12 +96,14 @@ def build_long_video(config: LongVideoConfig, model: DiT, sink: torch.Tensor, te
                      generator: torch.Generator) -> LongVideo:
     """The method of `config` for the sink latents [1, C, S, h, w] (S frames: the portrait and any context)."""
     c = config
-    common = dict(steps=c.steps, shift=c.shift, guidance=c.guidance)
     if c.method == "fuse":
-        return WindowFuse(model, sink, text_kv, generator, model_kind=c.model, window_frames=c.window_frames,
-                          overlap_frames=c.overlap_frames, chunk_frames=c.chunk_frames, **common)
+        return WindowFuse(model, sink, text_kv, generator, model_kind=c.model, steps=c.steps, shift=c.shift,
+                          guidance=c.guidance, window_frames=c.window_frames, overlap_frames=c.overlap_frames,
+                          chunk_frames=c.chunk_frames)
     if c.model == "student":
-        return StudentExtend(model, sink, text_kv, generator, window_frames=c.window_frames,
-                             chunk_frames=c.chunk_frames, history_sigma=c.history_sigma, **common)
-    return TeacherExtend(model, sink, text_kv, generator, window_frames=c.window_frames,
-                         history_frames=c.overlap_frames, history_sigma=c.history_sigma, **common)
+        return StudentExtend(model, sink, text_kv, generator, steps=c.steps, shift=c.shift, guidance=c.guidance,
+                             window_frames=c.window_frames, chunk_frames=c.chunk_frames,
+                             history_sigma=c.history_sigma)
+    return TeacherExtend(model, sink, text_kv, generator, steps=c.steps, shift=c.shift, guidance=c.guidance,
+                         window_frames=c.window_frames, history_frames=c.overlap_frames,
+                         history_sigma=c.history_sigma)

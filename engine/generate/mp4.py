@@ -156,7 +156,7 @@ def assemble(segments: list[Path], audio: Iterable[np.ndarray], out: str | os.Pa
         for path in segments:
             with av.open(os.fspath(path)) as segment:
                 source = segment.streams.video[0]
-                offset = int(round(Fraction(frames, fps) / source.time_base))
+                offset = round(Fraction(frames, fps) / source.time_base)
                 for packet in segment.demux(source):
                     if packet.dts is None:
                         continue  # the demuxer's empty flush packet

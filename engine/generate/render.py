@@ -92,8 +92,8 @@ def _latents_for(video_frames: int) -> int:
 
 def _span(shot: Shot, audio: Path, index: int) -> tuple[int, int]:
     total = count_samples(audio)
-    start = int(round(shot.start_s * AUDIO.sample_rate))
-    end = total if shot.end_s is None else min(total, int(round(shot.end_s * AUDIO.sample_rate)))
+    start = round(shot.start_s * AUDIO.sample_rate)
+    end = total if shot.end_s is None else min(total, round(shot.end_s * AUDIO.sample_rate))
     if end - start < AUDIO.sample_rate // AUDIO.fps:
         raise AudioError(f"shot {index}: the span {shot.start_s}..{shot.end_s} s of {audio} "
                          f"({total / AUDIO.sample_rate:.2f} s long) holds less than a frame of audio")
@@ -203,7 +203,7 @@ class _Run:
                  meter: JoinMeter):
         self.avatar, self.plans, self.config, self.work, self.meter = avatar, plans, config, work, meter
         self.fps = AUDIO.fps
-        self.checkpoint_frames = max(1, int(round(config.checkpoint_s * self.fps)))
+        self.checkpoint_frames = max(1, round(config.checkpoint_s * self.fps))
         self.shot = 0
         self.fed = self.latents_done = self.frames_done = 0  # in the current shot
         self.film_frames = 0
@@ -367,7 +367,7 @@ def render(avatar: Avatar, shots: list[Shot], out: str | Path, config: RenderCon
             plan = plans[run.shot]
             if pieces is None:
                 pieces = run.start_shot()
-            method, generator, feed, decoder = pieces
+            method, _, feed, decoder = pieces
             due = False
             while run.fed < plan.latent_frames:
                 n = method.next_frames
