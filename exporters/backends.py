@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,9 @@ BACKENDS = ("torch", "torch-cudagraph", "onnxruntime-cpu", "onnxruntime-cuda")
 # Fastest first. CPU: measured by bench/backends.py (bench/RESULTS.md: onnxruntime 1.8x eager torch on the demo).
 # CUDA: expected, not yet measured here (onnxruntime-gpu cannot reach the GPU machine); torch closes every list.
 PREFERENCE = {"cpu": ("onnxruntime-cpu", "torch"), "cuda": ("torch-cudagraph", "onnxruntime-cuda", "torch")}
+# One CUDA graph capture at a time in a process: served sessions each own a backend and capture on their own
+# worker threads, while the other sessions keep launching work.
+_CAPTURE = threading.Lock()
 
 Decoder = CausalVAE | TinyVAE
 
@@ -229,18 +233,21 @@ class CudaGraphBackend:
         `mutable` buffers (the ring, the decoder state), so they are restored before the capture (which runs
         nothing) and the replay that does the real work."""
         if key not in self.graphs:
-            saved = [t.clone() for t in mutable]
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                body()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            for t, s in zip(mutable, saved):
-                t.copy_(s)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = body()
-            self.graphs[key] = (graph, out)
+            with _CAPTURE:
+                saved = [t.clone() for t in mutable]
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    body()
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                for t, s in zip(mutable, saved):
+                    t.copy_(s)
+                graph = torch.cuda.CUDAGraph()
+                # "thread_local": only this thread must avoid unsafe calls (cudaMalloc, syncs) while it captures;
+                # in the default "global" mode such a call from another session's thread fails, ending the capture
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    out = body()
+                self.graphs[key] = (graph, out)
         graph, out = self.graphs[key]
         graph.replay()
         return out

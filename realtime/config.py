@@ -7,6 +7,7 @@ from engine.generate.avatar import ImageLimits
 from realtime.errors import RealtimeError
 
 STEP_LEVELS = (4, 2, 1)  # the few-step lists the student is distilled for; adaptive quality walks down them
+SESSION_BACKENDS = ("torch", "torch-cudagraph")  # the exporters' backends that need no exported bundle
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,7 @@ class SessionConfig:
     steps: int = 4  # denoising steps the session starts with
     adaptive: bool = True  # lower steps (4 -> 2 -> 1) when generation falls behind, raise them when ahead
     decoder: str = "tiny"  # "tiny" (speed) or "vae" (quality)
+    backend: str | None = None  # None: the engine's eager generator; else its chunk step on this exporters backend
     chunk_frames: int = 1  # latent frames per chunk (1 latent frame = 4 video frames = 160 ms)
     window_frames: int = 8  # latent frames in the rolling KV window
     seed: int = 0
@@ -31,6 +33,8 @@ class SessionConfig:
             raise RealtimeError(f"steps must be one of {STEP_LEVELS}, got {self.steps}")
         if self.decoder not in ("tiny", "vae"):
             raise RealtimeError(f"decoder must be 'tiny' or 'vae', got {self.decoder!r}")
+        if self.backend is not None and self.backend not in SESSION_BACKENDS:
+            raise RealtimeError(f"backend must be None or one of {SESSION_BACKENDS}, got {self.backend!r}")
         if self.queue_chunks < 1:
             raise RealtimeError(f"queue_chunks must be >= 1, got {self.queue_chunks}")
         if min(self.idle_ahead_s, self.input_gap_s, self.max_buffered_audio_s, self.live_backlog_s,

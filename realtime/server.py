@@ -38,15 +38,6 @@ from realtime.errors import (
     WrongContentType,
 )
 from realtime.registry import Entry, Portraits, Registry, open_session
-from realtime.webrtc import (
-    AvatarAudioTrack,
-    AvatarVideoTrack,
-    WebRTCSink,
-    answer,
-    close_quietly,
-    ingest,
-    peer_connection,
-)
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -182,6 +173,17 @@ def _steps(value: object) -> int | None:
 async def _call(state: ServerState, sdp: str, kind: str, portrait: str | None, steps: int | None,
                 entry_kind: str) -> tuple[Entry, str]:
     """One WebRTC session: reserve a slot, answer the offer, start generating, feed it the caller's audio."""
+    # aiortc (and PyAV) are imported by the WebRTC routes only: a websocket-only server runs without them
+    from realtime.webrtc import (
+        AvatarAudioTrack,
+        AvatarVideoTrack,
+        WebRTCSink,
+        answer,
+        close_quietly,
+        ingest,
+        peer_connection,
+    )
+
     state.registry.reserve()
     pc = peer_connection()
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import queue
 import threading
@@ -34,7 +35,7 @@ from engine.generate.streaming import StreamConfig, StreamingGenerator
 from realtime.adaptive import AdaptiveSteps
 from realtime.clock import SAMPLE_RATE, SAMPLES_PER_FRAME, TICK_SAMPLES, Playout, Segment, Tick
 from realtime.config import SessionConfig
-from realtime.errors import BadAudio
+from realtime.errors import BadAudio, RealtimeError
 
 log = logging.getLogger(__name__)
 TICK_S = TICK_SAMPLES / SAMPLE_RATE
@@ -411,6 +412,30 @@ class Session:
 
 
 def new_generator(avatar: Avatar, config: SessionConfig) -> StreamingGenerator:
-    """The session's own generator (KV cache, decoder state) over the avatar's shared weights."""
+    """The session's own generator (KV cache, decoder state) over the avatar's shared weights: the engine's
+    eager one, or, with `config.backend`, one whose chunk step (denoise, cache write, decode) runs on that
+    backend of exporters.backends (one that cannot run here falls back to eager torch with one log line).
+    The backends' step carries no text branch: there the emotion condition is left out."""
     stream = StreamConfig(chunk_frames=config.chunk_frames, window_frames=config.window_frames, steps=config.steps)
-    return avatar.generator(stream, decoder=config.decoder)
+    if config.backend is None:
+        return avatar.generator(stream, decoder=config.decoder)
+    from exporters.backends import choose_backend
+    from exporters.chunk_graph import ChunkShape
+    from exporters.stream import BackendGenerator
+
+    decoder = avatar.vae if config.decoder == "vae" else avatar.tiny
+    if decoder is None:
+        raise RealtimeError("this avatar has no tiny decoder; use decoder 'vae'")
+    if avatar.model.cfg.text_dim:
+        _say_no_text(config.backend)
+    # the sink is one latent frame: Avatar.reference encodes one portrait image
+    shape = ChunkShape(avatar.latent_hw, sink_frames=1, chunk_frames=config.chunk_frames,
+                       window_frames=config.window_frames)
+    backend = choose_backend(avatar.device, avatar.model, shape, decoder, name=config.backend)
+    return BackendGenerator(avatar.model, backend, stream)
+
+
+@functools.cache
+def _say_no_text(backend: str) -> None:
+    log.warning("sessions on backend %r run without the text (emotion) condition: its step has no text branch",
+                backend)

@@ -1,5 +1,6 @@
 """The Avatar bundle: portraits in (with limits), a session's generator with either decoder out."""
 import io
+import sys
 
 import av
 import numpy as np
@@ -7,8 +8,18 @@ import pytest
 import torch
 
 from engine.errors import ConfigError, ImageError
-from engine.generate.avatar import AvatarFiles, ImageLimits, fit_square, load_avatar, load_portrait, shipped_portraits
+from engine.generate.avatar import (
+    TINY_FOR_VAE,
+    AvatarFiles,
+    ImageLimits,
+    fit_square,
+    load_avatar,
+    load_portrait,
+    shipped_portraits,
+)
 from engine.generate.streaming import StreamConfig
+from engine.models.tiny_vae import tiny_vae_config
+from engine.models.vae import VAE_PRESETS, vae_config
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -53,6 +64,27 @@ def test_portrait_limits_are_checked_before_decoding():
         load_portrait(_png(image), ImageLimits(max_bytes=100))
     with pytest.raises(ImageError, match="at least"):
         load_portrait(_png(np.zeros((32, 300, 3), np.uint8)))
+
+
+def test_without_pyav_portraits_decode_through_pillow_alike(monkeypatch):
+    pytest.importorskip("PIL")
+    image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    png, big = _png(image), _png(np.zeros((300, 300, 3), np.uint8))
+    monkeypatch.setitem(sys.modules, "av", None)  # import av raises ImportError
+    assert np.array_equal(load_portrait(png), image)
+    assert load_portrait(next(iter(shipped_portraits().values()))).shape == (256, 256, 3)
+    with pytest.raises(ImageError, match="pixels"):
+        load_portrait(big, ImageLimits(max_pixels=200 * 200))
+    for data in (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, np.random.default_rng(1).bytes(5000)):
+        with pytest.raises(ImageError, match="decoded"):
+            load_portrait(data)
+
+
+def test_every_vae_has_a_tiny_decoder_of_its_latent_space():
+    assert set(TINY_FOR_VAE) == set(VAE_PRESETS)
+    for vae, tiny in TINY_FOR_VAE.items():
+        v, t = vae_config(vae), tiny_vae_config(tiny)
+        assert (v.z_dim, v.spatial_stride, v.temporal_stride) == (t.z_dim, t.spatial_stride, t.temporal_stride)
 
 
 def test_fit_square_crops_the_centre():

@@ -69,11 +69,11 @@ class StreamResampler:
         self._pts = 0
 
     def push(self, pcm: np.ndarray) -> np.ndarray:
+        x = as_float(pcm)
+        if self._resampler is None or len(x) == 0:  # 16 kHz in: no PyAV needed
+            return x.copy()
         import av
 
-        x = as_float(pcm)
-        if self._resampler is None or len(x) == 0:
-            return x.copy()
         frame = av.AudioFrame.from_ndarray(x[None, :], format="flt", layout="mono")
         frame.sample_rate = self.in_rate
         frame.pts = self._pts

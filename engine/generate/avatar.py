@@ -7,17 +7,19 @@ shared by every session, and the portraits it can speak with.
     gen.reset(reference); gen.push_audio(pcm, 48000); chunk = gen.step()   # chunk.frames: [n, H, W, 3]
 
 Sessions own their StreamingGenerator (its KV cache, clocks and decoder state); the Avatar's weights are
-read-only and shared. Portrait images are decoded with PyAV, with the pixel limits checked on the
-header before any pixel is decoded.
+read-only and shared. Portrait images are decoded with PyAV (Pillow where PyAV is not installed), with the
+pixel limits checked on the header before any pixel is decoded.
 """
 from __future__ import annotations
 
+import functools
 import io
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
-import av
 import numpy as np
 import torch
 
@@ -34,6 +36,9 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DECODERS = ("vae", "tiny")
 EMOTIONS = ("neutral", "happy", "sad", "surprised", "angry")  # the demo model's emotion tokens (SynthTalk's)
 DEMO_LATENT_SIZE = 16  # the demo model's latent grid: 16x16 (128x128 frames through the demo VAE)
+TINY_FOR_VAE = {"demo": "demo", "wan": "taew2_1"}  # the tiny decoder preset of each VAE's latent space
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,12 @@ class Avatar:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def latent_hw(self) -> tuple[int, int]:
+        """The latent grid of a frame at `resolution` (the sink and every chunk)."""
+        side = self.resolution // self.vae.cfg.spatial_stride
+        return side, side
 
     @torch.no_grad()
     def reference(self, portrait: np.ndarray) -> torch.Tensor:
@@ -87,7 +98,8 @@ def load_avatar(files: AvatarFiles = AvatarFiles(), device: str | torch.device =
                 dtype: torch.dtype = torch.float32, preset: str = "demo", resolution: int | None = None,
                 seed: int = 0) -> Avatar:
     """Load the DiT, VAE and tiny decoder. Where the DiT checkpoint is missing, the `preset` is built with
-    random weights (seeded), so the engine still runs end to end; `Avatar.trained` says which it is."""
+    random weights (seeded), so the engine still runs end to end; `Avatar.trained` says which it is. An
+    untrained avatar also gets a random tiny decoder of its VAE's latent space (speed is real either way)."""
     if files.dit.exists():
         model = load_dit(files.dit, dtype=dtype)
         trained = True
@@ -102,9 +114,9 @@ def load_avatar(files: AvatarFiles = AvatarFiles(), device: str | torch.device =
         vae = CausalVAE(vae_config(model.cfg.name if model.cfg.name == "demo" else "wan")).to(dtype).eval()
         trained = False
     tiny = load_tiny_vae(files.tiny, dtype=dtype) if files.tiny.exists() else None
-    if tiny is None and not trained and model.cfg.name == "demo":
+    if tiny is None and not trained and vae.cfg.name in TINY_FOR_VAE:
         torch.manual_seed(seed)
-        tiny = TinyVAE(tiny_vae_config("demo")).to(dtype).eval()
+        tiny = TinyVAE(tiny_vae_config(TINY_FOR_VAE[vae.cfg.name])).to(dtype).eval()
     for m in (model, vae, tiny):
         if m is not None:
             m.to(device).eval().requires_grad_(False)
@@ -139,25 +151,59 @@ def load_portrait(source: str | os.PathLike[str] | bytes, limits: ImageLimits = 
     if not data:
         raise ImageError("portrait is empty")
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            if not container.streams.video:
-                raise ImageError("portrait holds no image")
-            stream = container.streams.video[0]
-            w, h = stream.codec_context.width, stream.codec_context.height
-            if w * h > limits.max_pixels:
-                raise ImageError(f"portrait is {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels}")
-            if min(w, h) < limits.min_side and w and h:
-                raise ImageError(f"portrait is {w}x{h}; both sides must be at least {limits.min_side} pixels")
-            frame = next(container.decode(stream))
-            image = frame.to_ndarray(format="rgb24")
-    except ImageError:
-        raise
-    except (av.FFmpegError, StopIteration, ValueError, OSError) as e:
-        raise ImageError(f"portrait could not be decoded as an image (PNG, JPEG or WebP): {e}") from e
+        import av
+    except ImportError:
+        image = _decode_with_pillow(data, limits)
+    else:
+        image = _decode_with_pyav(av, data, limits)
     if min(image.shape[:2]) < limits.min_side:
         raise ImageError(f"portrait is {image.shape[1]}x{image.shape[0]}; both sides must be at least "
                          f"{limits.min_side} pixels")
     return image
+
+
+def _check_header(w: int, h: int, limits: ImageLimits) -> None:
+    if w * h > limits.max_pixels:
+        raise ImageError(f"portrait is {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels}")
+    if min(w, h) < limits.min_side and w and h:
+        raise ImageError(f"portrait is {w}x{h}; both sides must be at least {limits.min_side} pixels")
+
+
+def _decode_with_pyav(av: ModuleType, data: bytes, limits: ImageLimits) -> np.ndarray:
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise ImageError("portrait holds no image")
+            stream = container.streams.video[0]
+            _check_header(stream.codec_context.width, stream.codec_context.height, limits)
+            frame = next(container.decode(stream))
+            return frame.to_ndarray(format="rgb24")
+    except ImageError:
+        raise
+    except (av.FFmpegError, StopIteration, ValueError, OSError) as e:
+        raise ImageError(f"portrait could not be decoded as an image (PNG, JPEG or WebP): {e}") from e
+
+
+@functools.cache
+def _say_pillow_decodes() -> None:
+    log.warning("PyAV is not installed: portraits are decoded with Pillow")
+
+
+def _decode_with_pillow(data: bytes, limits: ImageLimits) -> np.ndarray:
+    """The fallback of a slim install without PyAV (such as a GPU box serving websocket sessions only)."""
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise ImageError("decoding a portrait needs PyAV (pip install av) or Pillow") from e
+    _say_pillow_decodes()
+    try:
+        with Image.open(io.BytesIO(data)) as picture:  # reads the header only
+            _check_header(*picture.size, limits)
+            return np.array(picture.convert("RGB"))
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:  # Pillow's own
+        raise ImageError(f"portrait could not be decoded as an image (PNG, JPEG or WebP): {e}") from e
 
 
 def fit_square(image: np.ndarray, size: int) -> np.ndarray:
