@@ -83,7 +83,8 @@ def _stream_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio", help="audio file (any format PyAV reads); default: the shipped example")
     p.add_argument("--checkpoint", help="DiT safetensors; default: the shipped demo model")
     p.add_argument("--out", default="talkstream-demo.mp4")
-    p.add_argument("--decoder", default="vae", choices=["vae", "tiny"])
+    p.add_argument("--decoder", default="tiny", choices=["vae", "tiny"],
+                   help="tiny: the live sessions' decoder, real time on a CPU (default); vae: the quality decoder")
     p.add_argument("--emotion", default="neutral", choices=["neutral", "happy", "sad", "surprised", "angry"])
     p.add_argument("--chunk", type=int, default=1, help="latent frames per chunk")
     p.add_argument("--window", type=int, default=8, help="latent frames in the KV window")
