@@ -99,6 +99,8 @@ def minutes(args: argparse.Namespace, avatar, portrait: Path, audio: Path, folde
     mouth, identity = load_readers()
     reports = {}
     for method in ("extend", "fuse"):
+        if f"{method}-student" not in args.rows.split(","):
+            continue
         config = config_for(method, "student", args)
         out = folder / f"film-{method}.mp4"
         t0 = time.perf_counter()
