@@ -58,8 +58,6 @@ def test_script_errors_name_the_shot_and_the_problem(tmp_path, text, message):
         load_script(script(tmp_path, text))
 
 
-@pytest.mark.xfail(strict=False, reason="failed on the clean-clone CI run of 2026-11-24 (a per-shot identity outside "
-                   "[-1, 1], likely NaN for a shot); open defect, see the issue-8 note")
 def test_a_multi_shot_film_keeps_one_identity_and_measures_it_per_shot(tmp_path):
     audio = speech_file(tmp_path / "a.wav", 3.0)
     shots = [Shot(PORTRAITS[0], audio, 0.0, 1.0), Shot(PORTRAITS[1], audio, 1.0, 1.8, "happy"),

@@ -128,8 +128,9 @@ class JoinMeter:
             shot = {"frames": float(n)}
             if self.embedder is not None and n:
                 mean = self.shot_embedding[i] / max(np.linalg.norm(self.shot_embedding[i]), 1e-12)
-                shot["identity_to_portrait"] = float(self.shot_to_portrait[i] / n)
-                shot["identity_to_first_shot"] = float(mean @ first)
+                # cosines, clipped to [-1, 1]: a unit vector against itself can come out at 1 + 1e-7
+                shot["identity_to_portrait"] = float(np.clip(self.shot_to_portrait[i] / n, -1, 1))
+                shot["identity_to_first_shot"] = float(np.clip(mean @ first, -1, 1))
             shots.append(shot)
         return JoinSummary(int(self.sums[0, 0, 0]), int(self.sums[1, 0, 0]), table(0), table(1), shots)
 

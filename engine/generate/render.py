@@ -213,6 +213,7 @@ class _Run:
         self.context: torch.Tensor | None = None  # [1, C, k, h, w] last latent frame of earlier shots
         self.last_latent: torch.Tensor | None = None  # [1, C, 1, h, w] of the current shot
         self.saved_frames = 0  # film frames covered by the last checkpoint
+        self.threads = torch.get_num_threads()  # CPU threads the render runs with (kept across resumes)
         self.segment = VideoSegment(work.segment(0), self.fps, avatar.resolution)
         self.first_reference = avatar.reference(plans[0].image)
 
@@ -257,7 +258,8 @@ class _Run:
             tensors.update({f"decoder.{i:04d}": t for i, t in enumerate(decoder.state.slots)})
         meta = {"shot": self.shot, "fed": self.fed, "latents_done": self.latents_done,
                 "frames_done": self.frames_done, "film_frames": self.film_frames, "segments": self.segments,
-                "checkpoints": self.checkpoints + 1, "held_max": self.held_max, "audio_held_max": self.audio_held_max}
+                "checkpoints": self.checkpoints + 1, "held_max": self.held_max, "audio_held_max": self.audio_held_max,
+                "threads": torch.get_num_threads()}
         self.work.save(tensors, meta)
         self.checkpoints += 1
         self.saved_frames = self.film_frames
@@ -269,6 +271,9 @@ class _Run:
         self.frames_done, self.film_frames, self.segments = meta["frames_done"], meta["film_frames"], meta["segments"]
         self.checkpoints, self.held_max, self.audio_held_max = meta["checkpoints"], meta["held_max"], meta["audio_held_max"]
         self.saved_frames = self.film_frames
+        # CPU matmul sums depend on the thread count: go on with the one the render began with, so the latents
+        # stay bit-identical to an uninterrupted run's
+        self.threads = meta.get("threads", torch.get_num_threads())
         self.context = tensors.get("context")
         self.last_latent = tensors.get("last_latent")
         self.segment = VideoSegment(self.work.segment(self.segments), self.fps, self.avatar.resolution)
@@ -361,6 +366,9 @@ def render(avatar: Avatar, shots: list[Shot], out: str | Path, config: RenderCon
     total_frames = sum(p.video_frames for p in plans)
     run = _Run(avatar, plans, config, work, JoinMeter(_load_embedder(config), len(plans)))
     pieces = run.load() if resuming else None
+    threads = torch.get_num_threads()
+    if resuming and run.threads != threads:
+        torch.set_num_threads(run.threads)
     start_frames, t0 = run.film_frames, time.perf_counter()
     try:
         while run.shot < len(plans):
@@ -403,6 +411,8 @@ def render(avatar: Avatar, shots: list[Shot], out: str | Path, config: RenderCon
     except BaseException:
         run.segment.abort()
         raise
+    finally:
+        torch.set_num_threads(threads)
     work.remove()
     wall = time.perf_counter() - t0
     made = (run.film_frames - start_frames) / run.fps
