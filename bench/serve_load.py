@@ -22,21 +22,19 @@ import gc
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from bench.step import randomised
 from clients.sdk import AvatarClient
-from engine.generate.avatar import Avatar, AvatarFiles, load_avatar
+from engine.generate.avatar import Avatar, load_avatar
 from engine.models.dit import PRESETS
 from realtime.config import SESSION_BACKENDS, ServerConfig, SessionConfig
 from realtime.local import serve_local
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EAGER = "eager"  # the engine's own StreamingGenerator (SessionConfig.backend None)
-NOWHERE = AvatarFiles(*(Path("/nonexistent") / f"{part}.safetensors" for part in ("dit", "vae", "tiny")))
 HOLDS_FPS = 24.5  # a session "holds 25 fps" when its steady rate is at least this
 
 
@@ -84,8 +82,7 @@ async def one_session(url: str, seconds: float, warmup_s: float) -> dict:
 
 def build(args: argparse.Namespace) -> Avatar:
     """The demo from its shipped files (random weights if none ship); any other preset with random weights."""
-    files = AvatarFiles() if args.preset == "demo" else NOWHERE
-    avatar = load_avatar(files, device=args.device, dtype=DTYPES[args.dtype], preset=args.preset,
+    avatar = load_avatar(device=args.device, dtype=DTYPES[args.dtype], preset=args.preset,
                          resolution=args.resolution)
     if not avatar.trained:  # zero-initialised parts (the DiT's head, its audio output) get values too
         randomised(avatar.model)

@@ -135,3 +135,11 @@ def test_faces_are_found_in_portraits_and_not_in_other_pictures():
         check_face(others[0])
     with pytest.raises(ConfigError):
         FaceBox(0.5, 0.2, 0.4, 0.9)
+
+
+def test_a_preset_other_than_the_shipped_one_is_not_given_the_shipped_weights():
+    """The shipped files hold the demo preset: asking for it loads them; naming them for another preset is an
+    error that says what to do (bench.backends once timed the shipped demo DiT as `wan-1.3b`)."""
+    assert load_avatar(preset="demo").trained
+    with pytest.raises(ConfigError, match="holds the 'demo' preset, not 'wan-1.3b'"):
+        load_avatar(AvatarFiles(), preset="wan-1.3b")

@@ -36,6 +36,8 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DECODERS = ("vae", "tiny")
 EMOTIONS = ("neutral", "happy", "sad", "surprised", "angry")  # the demo model's emotion tokens (SynthTalk's)
 DEMO_LATENT_SIZE = 16  # the demo model's latent grid: 16x16 (128x128 frames through the demo VAE)
+SHIPPED_PRESET = "demo"  # the preset of the shipped weights (AvatarFiles' defaults)
+NOWHERE = Path("/nonexistent/talkstream")  # AvatarFiles for a preset with no weights: random ones
 TINY_FOR_VAE = {"demo": "demo", "wan": "taew2_1"}  # the tiny decoder preset of each VAE's latent space
 
 log = logging.getLogger(__name__)
@@ -94,18 +96,24 @@ class Avatar:
         return StreamingGenerator(self.model, config, decoder=self.decoder(decoder) if decoder else None, text=text)
 
 
-def load_avatar(files: AvatarFiles = AvatarFiles(), device: str | torch.device = "cpu",
-                dtype: torch.dtype = torch.float32, preset: str = "demo", resolution: int | None = None,
+def load_avatar(files: AvatarFiles | None = None, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32, preset: str | None = None, resolution: int | None = None,
                 seed: int = 0) -> Avatar:
-    """Load the DiT, VAE and tiny decoder. Where the DiT checkpoint is missing, the `preset` is built with
-    random weights (seeded), so the engine still runs end to end; `Avatar.trained` says which it is. An
+    """Load the DiT, VAE and tiny decoder. `files` None: the shipped model, which is the `demo` preset; any
+    other preset has no shipped weights and is built with random weights (seeded), as is a preset whose
+    checkpoint is missing, so the engine still runs end to end; `Avatar.trained` says which it is. An
     untrained avatar also gets a random tiny decoder of its VAE's latent space (speed is real either way)."""
+    if files is None:
+        files = AvatarFiles() if preset in (None, SHIPPED_PRESET) else AvatarFiles(*(NOWHERE,) * 3)
     if files.dit.exists():
         model = load_dit(files.dit, dtype=dtype)
+        if preset is not None and model.cfg.name != preset:
+            raise ConfigError(f"{files.dit} holds the {model.cfg.name!r} preset, not {preset!r}: name its own "
+                              f"checkpoint, or leave the files out for random weights of {preset!r}")
         trained = True
     else:
         torch.manual_seed(seed)
-        model = DiT(dit_config(preset)).to(dtype)
+        model = DiT(dit_config(preset or SHIPPED_PRESET)).to(dtype)
         trained = False
     if files.vae.exists():
         vae = load_vae(files.vae, dtype=dtype)
