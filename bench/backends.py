@@ -105,7 +105,8 @@ def row(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    backend = make_backend(args.backend, model, shape, decoder, onnx_dir, threads=args.threads)
+    backend = make_backend(args.backend, model, shape, decoder, onnx_dir, threads=args.threads,
+                           compile=args.compile_one == "on")
     gen = BackendGenerator(model, backend, StreamConfig(chunk_frames=args.chunk_size, window_frames=args.window,
                                                         steps=args.step_count))
     audio_cfg = AudioFeatureConfig()
@@ -186,6 +187,8 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, nargs="+", default=[1])
     ap.add_argument("--window", type=int, default=8)
     ap.add_argument("--backends", nargs="+", default=None, help="default: every backend that runs here")
+    ap.add_argument("--compile", nargs="+", default=["on"], choices=["on", "off"],
+                    help="torch-cudagraph rows with the blocks compiled (torch.compile) before capture, without, or both")
     ap.add_argument("--decoder", default="tiny", choices=["tiny", "vae", "none"])
     ap.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: fp32 on a CPU, bf16 on CUDA")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for torch and onnxruntime (0: default)")
@@ -205,6 +208,7 @@ def main() -> None:
     ap.add_argument("--backend", help=argparse.SUPPRESS)
     ap.add_argument("--chunk-size", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--step-count", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--compile-one", default="on", help=argparse.SUPPRESS)
     ap.add_argument("--device", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -242,9 +246,10 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "bench.backends", "--prepare", *common], check=False, cwd=root,
                            capture_output=True)
         for steps in args.steps:
-            for backend in backends:
+            rows = [(b, c) for b in backends for c in (args.compile if b == "torch-cudagraph" else ["-"])]
+            for backend, compiled in rows:
                 cmd = [sys.executable, "-m", "bench.backends", "--row", "--backend", backend, "--step-count",
-                       str(steps), *common]
+                       str(steps), "--compile-one", compiled, *common]
                 best, failure = None, "no output"
                 for _ in range(args.attempts):  # each in a fresh process; the best median is kept
                     done = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=root, env=env)
@@ -255,7 +260,8 @@ def main() -> None:
                     r = json.loads(out[-1][4:])
                     best = r if best is None or r["ms_chunk"] < best["ms_chunk"] else best
                 resolution = best["resolution"] if best is not None else args.resolution or "own"
-                cells = [args.preset, resolution, steps, chunk, args.window, backend, args.decoder]
+                name = backend + {"on": " (compiled)", "off": " (uncompiled)", "-": ""}[compiled]
+                cells = [args.preset, resolution, steps, chunk, args.window, name, args.decoder]
                 if best is None:
                     cells += [f"failed: {failure[:120]}", "", "", "", ""]
                 else:

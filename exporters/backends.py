@@ -15,7 +15,8 @@ backend produces the same stream for a seed. Backends:
 * `torch-cudagraph`: the whole chunk -- every denoising pass, the cache write and the decode -- replayed
   from CUDA graphs over static buffers: one graph for the DiT part per step count (and per window state:
   filling, with a mask, or full, without), one for the decoder step, so a chunk is two replays and a
-  stream's first chunk replays too (GPU only). Without capture the same static-buffer code runs eagerly,
+  stream's first chunk replays too (GPU only). The blocks are compiled (torch.compile) before the
+  capture where Triton is installed. Without capture the same static-buffer code runs eagerly,
   which is how the CPU tests check it. Pinned buffers, streams and events come from torch, so cuda-python
   is not needed.
 * `onnxruntime-cpu` / `onnxruntime-cuda`: the exported bundle (exporters.onnx_export) through IO binding
@@ -147,12 +148,16 @@ class CudaGraphBackend:
     name = "torch-cudagraph"
 
     def __init__(self, model: DiT, shape: ChunkShape, decoder: Decoder | None = None, capture: bool | None = None,
-                 prefer_cudnn: bool = True):
+                 prefer_cudnn: bool = True, compile: bool | None = None):
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.capture = self.device.type == "cuda" if capture is None else capture
         if self.capture and self.device.type != "cuda":
             raise BackendError("CUDA graphs need the model on a CUDA device")
+        # compiled blocks inside the captured graph (None: wherever graphs are captured and inductor can build)
+        self.compiled = self.capture and (can_compile() if compile is None else compile)
+        if self.compiled:
+            compile_blocks(model)
         self.model, self.shape = model.eval(), shape
         self.cache = shape.cache_config(model)
         cache = KVCache(self.cache, batch=1, device=self.device, dtype=self.dtype)
@@ -281,6 +286,33 @@ class CudaGraphBackend:
                 video = video[:, :, self.trim:] if first else video
         self.frames_written += self.shape.chunk_frames
         return ChunkResult(self.latents.clone(), to_uint8(video) if video is not None else None)
+
+
+def can_compile() -> bool:
+    """Whether torch.compile's inductor can build GPU kernels here (it needs Triton)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        log.warning("triton is not installed: the CUDA-graph backend runs uncompiled blocks")
+        return False
+    return True
+
+
+def compile_blocks(model: DiT) -> None:
+    """torch.compile each block of the model in place (regional compilation: the blocks share one compiled
+    code, their weights are inputs). Inductor fuses what runs between the matmuls and attention — the
+    float32 norms and modulation, RoPE, the cache concatenation and the heads-first copies — which were 60%
+    of a wan-1.3b pass's kernel time on an H200 (bench/pass_profile.py). Every user of the model runs the
+    compiled blocks afterwards; compiling happens at the first call (seconds), before a graph is captured."""
+    # per block the layer index becomes a dynamic int on the second layer; the few layouts (mask or none,
+    # recording keys or not) each compile once, which can pass dynamo's default limit of 8 variants
+    dynamo = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo, name):
+            setattr(dynamo, name, max(getattr(dynamo, name), 64))
+    for block in model.blocks:
+        if getattr(block, "_compiled_call_impl", None) is None:
+            block.compile()
 
 
 def _can_rank_sdpa() -> bool:
@@ -426,8 +458,9 @@ def _unavailable(name: str, device: torch.device, onnx_dir: str | Path | None) -
 
 
 def make_backend(name: str, model: DiT, shape: ChunkShape, decoder: Decoder | None = None,
-                 onnx_dir: str | Path | None = None, threads: int = 0) -> Backend:
-    """Build backend `name` for this model and chunk shape; BackendError if it cannot run here."""
+                 onnx_dir: str | Path | None = None, threads: int = 0, compile: bool | None = None) -> Backend:
+    """Build backend `name` for this model and chunk shape; BackendError if it cannot run here. `compile`
+    (torch-cudagraph only): compile the blocks before capture (None: where Triton is installed)."""
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; choose one of {list(BACKENDS)}")
     device = next(model.parameters()).device
@@ -437,7 +470,7 @@ def make_backend(name: str, model: DiT, shape: ChunkShape, decoder: Decoder | No
     if name == "torch":
         return TorchBackend(model, shape, decoder)
     if name == "torch-cudagraph":
-        return CudaGraphBackend(model, shape, decoder)
+        return CudaGraphBackend(model, shape, decoder, compile=compile)
     from exporters.onnx_export import Bundle
 
     assert onnx_dir is not None

@@ -168,7 +168,7 @@ are kept in at least float32 (as Wan does under autocast); the layers run in the
                 text_kv: tuple[torch.Tensor, torch.Tensor] | None, audio: torch.Tensor | None,
                 sink_frames: int) -> torch.Tensor:
         """x [B, F, T, dim] and e0 [B, F, 6, dim] in the residual dtype; audio [B, F - sink_frames, A, Da]."""
-        dt, rdt = self.ffn[0].weight.dtype, x.dtype
+        dt, rdt = self.self_attn.norm_q.weight.dtype, x.dtype  # the layers' dtype (a norm's: linears may be fp8)
         m = (self.modulation + e0).unsqueeze(3).unbind(2)  # 6 x [B, F, 1, dim]
         h = self.norm1(x) * (1 + m[1]) + m[0]
         x = x + self.self_attn(h.flatten(1, 2).to(dt), layout, layer).unflatten(1, x.shape[1:3]).to(rdt) * m[2]
