@@ -112,8 +112,9 @@ def minutes(args: argparse.Namespace, avatar, portrait: Path, audio: Path, folde
               f"{', '.join(f'{m:.0f}' for m in memory)}")
         print("\n".join("  " + line for line in result.lines()[1:]), flush=True)
     fps = 25
-    print("\n| minute | " + " | ".join(f"{m} lip-sync r | {m} identity | {m} colour drift %" for m in reports) + " |")
-    print("|---|" + "---|---|---|" * len(reports))
+    print("\n| minute | " + " | ".join(f"{m} lip-sync r | {m} identity | {m} identity drift % | {m} colour drift %"
+                                     for m in reports) + " |")
+    print("|---|" + "---|---|---|---|" * len(reports))
     n = max(len(r.drift) for r in reports.values())
     for i in range(n):
         cells = []
@@ -121,9 +122,10 @@ def minutes(args: argparse.Namespace, avatar, portrait: Path, audio: Path, folde
             a, b = i * 60 * fps, (i + 1) * 60 * fps
             sync = lip_sync(r.read_open[a:b], r.true_open[a:b], fps).correlation if b - a >= 8 else float("nan")
             d = r.drift[i] if i < len(r.drift) else None
-            cells.append(f"{sync:.3f} | {d['identity_sim']:.3f} | {d['colour_mean']:.2f}" if d else "- | - | -")
+            cells.append(f"{sync:.3f} | {d['identity_sim']:.3f} | {d['identity']:+.2f} | {d['colour_mean']:.2f}" if d
+                         else "- | - | - | -")
         print(f"| {i} | " + " | ".join(cells) + " |")
-    print("| all | " + " | ".join(f"{r.lip_sync.correlation:.3f} | {r.identity:.3f} | -" for r in reports.values()) + " |")
+    print("| all | " + " | ".join(f"{r.lip_sync.correlation:.3f} | {r.identity:.3f} | - | -" for r in reports.values()) + " |")
 
 
 def main() -> None:
