@@ -130,3 +130,31 @@ def test_ddp_under_torchrun_on_cpu(setup, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert [r["step"] for r in _log(tmp_path / "ddp") if "loss" in r] == [1, 2]  # rank 0 logs, once
     assert (tmp_path / "ddp" / "final.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_fsdp_under_torchrun_on_cpu_resumes_on_another_process_count(setup, tmp_path):
+    """FSDP2 over two CPU processes (gloo): sharded checkpoints, the full weights gathered at the end; the run
+    then goes on in one process from the sharded checkpoint (resharded on load) to the same weights' shapes."""
+    _, common = setup
+    run = tmp_path / "fsdp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+           "engine.train.dit", "demo-teacher", "--data", common["data"], "--vae", common["vae"], "--out", str(run),
+           "--steps", "4", "--batch", "2", "--log-every", "1", "--save-every", "2", "--device", "cpu",
+           "--bf16", "false", "--fsdp", "true"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((run / "state.json").read_text())
+    assert state["step"] == 4 and state["sharded"] == "sharded-00000004"
+    assert [p.name for p in run.glob("sharded-*")] == ["sharded-00000004"]  # older ones removed
+    logged = [r for r in _log(run) if "loss" in r]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4] and "audio_gain" in logged[-1]  # the probe ran sharded
+    two = load_dit(run / "final.safetensors")
+    # one process, no torchrun: resumes from the two processes' shards
+    cfg = replace(TRAIN_PRESETS["demo-teacher"], out=str(run), **{**common, "steps": 5, "save_every": 10})
+    train(cfg)
+    assert [r["step"] for r in _log(run) if "loss" in r] == [1, 2, 3, 4, 5]
+    one = load_dit(run / "final.safetensors")
+    assert {k: v.shape for k, v in one.state_dict().items()} == {k: v.shape for k, v in two.state_dict().items()}
+    assert any((a - b).abs().max() > 0 for a, b in zip(one.state_dict().values(), two.state_dict().values()))

@@ -22,7 +22,8 @@ Every stage: the facial-mask loss (per latent pixel 1 + λ_face·face + λ_mouth
 max-pooled to the latent grid) and the hybrid curriculum of `phases` (mouth first: short windows, a heavy
 mouth weight; then the whole face and head motion; then long windows). Mixed precision (bf16 autocast on
 CUDA), a seed, resumable (`last.safetensors` + `state.json`), losses in `log.jsonl`; under torchrun it runs
-DDP (one process per GPU, rank-seeded data, rank 0 writes).
+DDP (one process per GPU, rank-seeded data, rank 0 writes), or with `--fsdp true` FSDP2 (the model sharded
+over the processes; sharded checkpoints that resume on any process count).
 """
 from __future__ import annotations
 
@@ -102,6 +103,7 @@ class TrainDiTConfig:
     fake_lr: float = 1e-4  # selfforce: learning rate of the fake score
     fake_updates: int = 2  # selfforce: fake-score updates per generator update
     max_clips: int = 0
+    fsdp: bool = False  # under torchrun: shard the model over the processes (FSDP2), sharded checkpoints
     latents: str = ""  # a cache of the encoded split (safetensors), shared by the stages of one run
     time_budget_s: float = 0.0
     save_every: int = 500
@@ -216,9 +218,12 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor, ph
 
 
 def conditions(model: DiT, audio: torch.Tensor, expression: torch.Tensor, cfg: TrainDiTConfig,
-               g: torch.Generator, train: bool = True):
-    """Audio tokens and emotion keys/values, each dropped for the whole batch at its rate (for CFG)."""
-    drop = torch.rand(2, generator=g, device=g.device).tolist() if train else [1.0, 1.0]
+               g: torch.Generator, train: bool = True, drop_g: torch.Generator | None = None):
+    """Audio tokens and emotion keys/values, each dropped for the whole batch at its rate (for CFG). `drop_g`
+    draws the drops (default g): under FSDP every process must drop alike, since a branch's weights are
+    gathered by all processes together."""
+    dg = drop_g or g
+    drop = torch.rand(2, generator=dg, device=dg.device).tolist() if train else [1.0, 1.0]
     raw = model.module if hasattr(model, "module") else model
     audio_tokens = raw.encode_audio(audio) if drop[0] >= cfg.audio_drop else None
     text_kv = raw.encode_text(emotion_tokens(expression, raw.cfg.text_dim)) if drop[1] >= cfg.emotion_drop else None
@@ -322,15 +327,22 @@ def train(cfg: TrainDiTConfig) -> dict[str, float]:
     grid = tuple(data.latents.shape[-2:])
     model = load_dit(cfg.init) if cfg.init else DiT(dit_config(cfg.preset))
     model = model.to(device).train()
-    step = 0
-    if (out / "state.json").exists():  # resume
+    sharded = distributed and cfg.fsdp
+    resume = json.loads((out / "state.json").read_text()) if (out / "state.json").exists() else None
+    if resume is not None and not resume.get("sharded"):
         model.load_state_dict(read_state(out / "last.safetensors"))
-        step = json.loads((out / "state.json").read_text())["step"]
+    if sharded:
+        shard_model(model)
+    if resume is not None and resume.get("sharded"):  # any process count: the checkpoint reshards on load
+        load_sharded(model, out / resume["sharded"])
+    step = resume["step"] if resume is not None else 0
     teacher = load_dit(cfg.teacher).to(device).eval().requires_grad_(False) if cfg.stage == "distill" else None
     # text/audio branches sit out of batches that drop them, hence find_unused_parameters
-    net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if distributed else model
+    ddp = distributed and not sharded
+    net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if ddp else model
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.01)
     g = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + step * 31 + rank)
+    drop_g = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + step * 31) if sharded else None
     ode = None
     if teacher is not None:
         frames = cfg.phases[-1].frames
@@ -348,7 +360,7 @@ def train(cfg: TrainDiTConfig) -> dict[str, float]:
         x0, ref, audio, masks = data.window(clips, starts, frames)
         noise = torch.randn(x0.shape, generator=g, device=device)
         with torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16):
-            audio_tokens, text_kv = conditions(net, audio, data.expression[clips], cfg, g)
+            audio_tokens, text_kv = conditions(net, audio, data.expression[clips], cfg, g, drop_g=drop_g)
             if not causal:
                 sigma = shift_sigmas(torch.rand(cfg.batch, 1, generator=g, device=device), cfg.shift).expand(-1, frames)
                 keep = None
@@ -373,17 +385,21 @@ def train(cfg: TrainDiTConfig) -> dict[str, float]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
+        probe = None  # on rank 0, or on every process when the model is sharded (its forward needs them all)
+        if step % (cfg.log_every * 4) == 0 and (log is not None or sharded):
+            probe = audio_probe(model, data, cfg, grid, causal, torch.Generator(device=device).manual_seed(step))
         if log is not None and step % cfg.log_every == 0:
-            probe = audio_probe(model, data, cfg, grid, causal, torch.Generator(device=device).manual_seed(step)) if step % (cfg.log_every * 4) == 0 else None
             log.write(json.dumps({"step": step, "loss": round(loss.item(), 5), "phase": phase.name,
                                   "s": round(time.perf_counter() - t0, 1)}
                                  | ({"audio_gain": round(probe, 4)} if probe is not None else {})) + "\n")
             log.flush()
-        if rank == 0 and step % cfg.save_every == 0:
-            save_checkpoint(out, model, step, cfg)
+        if step % cfg.save_every == 0 and (rank == 0 or sharded):
+            save_checkpoint(out, model, step, cfg, sharded, rank)
+    if rank == 0 or sharded:
+        save_checkpoint(out, model, step, cfg, sharded, rank)
+        final = gathered(model) if sharded else model
     if rank == 0:
-        save_checkpoint(out, model, step, cfg)
-        save_dit(out / "final.safetensors", model, stage=cfg.stage, steps=str(step),
+        save_dit(out / "final.safetensors", final, stage=cfg.stage, steps=str(step),
                  recipe=json.dumps(asdict(cfg)), seconds=str(round(time.perf_counter() - t0)))
         log.write(json.dumps({"step": step, "done": True, "s": round(time.perf_counter() - t0, 1)}) + "\n")
         log.close()
@@ -437,9 +453,69 @@ def audio_probe(model: DiT, data: LatentClips, cfg: TrainDiTConfig, grid, causal
     return errors[1] / max(errors[0], 1e-12) - 1
 
 
-def save_checkpoint(out: Path, model: DiT, step: int, cfg: TrainDiTConfig) -> None:
-    save_state(out / "last.safetensors", model.state_dict(), model.cfg, kind="dit")
-    (out / "state.json").write_text(json.dumps({"step": step, "stage": cfg.stage}))
+def save_checkpoint(out: Path, model: DiT, step: int, cfg: TrainDiTConfig, sharded: bool = False,
+                    rank: int = 0) -> None:
+    """`last.safetensors` (rank 0), or with a sharded model a torch.distributed.checkpoint folder
+    `sharded-STEP` written by every process; `state.json` names what to resume from (written last)."""
+    if not sharded:
+        save_state(out / "last.safetensors", model.state_dict(), model.cfg, kind="dit")
+        (out / "state.json").write_text(json.dumps({"step": step, "stage": cfg.stage}))
+        return
+    import shutil
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    folder = f"sharded-{step:08d}"
+    dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=out / folder)  # collective: all have written
+    if rank == 0:
+        tmp = out / "state.json.tmp"
+        tmp.write_text(json.dumps({"step": step, "stage": cfg.stage, "sharded": folder}))
+        tmp.replace(out / "state.json")
+        for old in out.glob("sharded-*"):
+            if old.name != folder:
+                shutil.rmtree(old)
+
+
+# ----------------------------------------------------------------------------- FSDP (torchrun --fsdp true)
+
+def shard_model(model: DiT) -> None:
+    """FSDP2: every block is a unit and the model the root. The conditioning the trainer computes outside
+    `forward` (encode_audio, encode_text and each block's text keys/values) is registered as forward methods,
+    so those calls gather their weights too."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    for block in model.blocks:
+        if model.cfg.text_dim:
+            fully_shard(block.cross_attn)
+            register_fsdp_forward_method(block.cross_attn, "kv")
+        fully_shard(block)
+    fully_shard(model)
+    for method in ("encode_audio", "encode_text"):
+        register_fsdp_forward_method(model, method)
+
+
+def load_sharded(model: DiT, folder: Path) -> None:
+    """Load a sharded checkpoint into this model, sharded over any number of processes or not at all."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    state = {"model": get_model_state_dict(model)}
+    dcp.load(state, checkpoint_id=folder)
+    set_model_state_dict(model, state["model"])
+
+
+def gathered(model: DiT) -> DiT | None:
+    """The full weights of a sharded model as a plain DiT on the CPU, on rank 0 (None elsewhere); every
+    process takes part."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if torch.distributed.get_rank() != 0:
+        return None
+    plain = DiT(model.cfg)
+    plain.load_state_dict(full)
+    return plain
 
 
 def config_from_args(argv: list[str] | None = None) -> TrainDiTConfig:
