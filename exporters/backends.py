@@ -13,11 +13,11 @@ backend produces the same stream for a seed. Backends:
 
 * `torch`: eager PyTorch through the engine's own KVCache layouts (the reference).
 * `torch-cudagraph`: the whole chunk -- every denoising pass, the cache write and the decode -- replayed
-  from CUDA graphs over static buffers: one graph for the DiT part per step count (and per window state:
-  filling, with a mask, or full, without), one for the decoder step, so a chunk is two replays and a
-  stream's first chunk replays too (GPU only). The blocks are compiled (torch.compile) before the
-  capture where Triton is installed. Without capture the same static-buffer code runs eagerly,
-  which is how the CPU tests check it. Pinned buffers, streams and events come from torch, so cuda-python
+  from CUDA graphs over static buffers: one graph for the DiT part per step count (and per window state: the
+  first chunk without a ring, a filling ring with a mask, a full one without), one for the decoder step, so a
+  chunk is two replays and a stream's first chunk replays too (GPU only). The blocks are compiled
+  (torch.compile) before the capture where Triton is installed. Without capture the same static-buffer code
+  runs eagerly, which is how the CPU tests check it. Pinned buffers, streams and events come from torch, so cuda-python
   is not needed.
 * `onnxruntime-cpu` / `onnxruntime-cuda`: the exported bundle (exporters.onnx_export) through IO binding
   over torch tensors; the ring and the decoder state ping-pong between two buffers, so each graph writes
@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -51,8 +51,8 @@ from exporters.errors import BackendError
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "torch-cudagraph", "onnxruntime-cpu", "onnxruntime-cuda")
-# Fastest first. CPU: measured by bench/backends.py (bench/RESULTS.md: onnxruntime 1.8x eager torch on the demo).
-# CUDA: expected, not yet measured here (onnxruntime-gpu cannot reach the GPU machine); torch closes every list.
+# Fastest first, measured by bench/backends.py (bench/RESULTS.md). CPU: onnxruntime 1.8x eager torch on the demo.
+# CUDA (H200, demo fp16): torch-cudagraph 5.7 ms/chunk, onnxruntime-cuda 33.7, torch 50.7. torch closes every list.
 PREFERENCE = {"cpu": ("onnxruntime-cpu", "torch"), "cuda": ("torch-cudagraph", "onnxruntime-cuda", "torch")}
 # One CUDA graph capture at a time in a process: served sessions each own a backend and capture on their own
 # worker threads, while the other sessions keep launching work.
@@ -168,11 +168,14 @@ class CudaGraphBackend:
         self.latents = torch.zeros(shape.latents(model), device=self.device, dtype=self.dtype)
         self.noise: dict[int, torch.Tensor] = {}  # [steps, 1, C, c, h, w] per step count
         self.sink_graph = SinkGraph(model, shape)
-        # Two versions of the step: while the window fills (a mask hides empty ring slots) and once it is full
-        # (no mask: SDPA may then pick mask-free kernels such as FlashAttention or cuDNN's).
-        self.steps = {full: (PassGraph(model, shape, full_ring=full), CommitGraph(model, shape, inplace=True,
-                                                                                  full_ring=full))
-                      for full in (False, True)}
+        # Three versions of the step, by window state (_ring_state): the stream's first chunk attends to the sink
+        # alone (no ring, no mask: the first-chunk latency), the chunks while the window fills to the whole ring
+        # with a mask hiding its empty slots, and once it is full, to the whole ring without a mask, so SDPA may
+        # pick mask-free kernels (cuDNN's).
+        self.steps: dict[int | None, tuple[PassGraph, CommitGraph]] = {}
+        # the DiT graphs share one memory pool: they never run at once and keep no outputs (they write static
+        # buffers), so one pass's activations serve them all
+        self.pool = torch.cuda.graph_pool_handle() if self.capture else None
         self.cudnn_first = self.device.type == "cuda" and prefer_cudnn and _can_rank_sdpa()
         self.kind = decoder_kind(decoder)
         self.decodes = decoder is not None
@@ -204,12 +207,31 @@ class CudaGraphBackend:
 
     # -- the two captured bodies: they read and write static buffers only
 
-    def _dit(self, sigmas: tuple[float, ...], full: bool) -> None:
-        """Every denoising pass, then the cache write; x̂0 lands in self.latents."""
+    def _ring_state(self) -> int | None:
+        """The ring frames the next chunk's graph is built for: 0 (the first chunk), the window once it is full,
+        None (the whole ring with a mask) between."""
+        if self.frames_written == 0 or self.frames_written >= self.shape.window_frames:
+            return min(self.frames_written, self.shape.window_frames)
+        return None
+
+    def _dit(self, sigmas: tuple[float, ...], filled: int | None) -> None:
+        """Every denoising pass, then the cache write; x̂0 lands in self.latents. The first chunk's passes run
+        uncompiled: its ring of no rows is a shape of its own, and a new shape makes the compiled blocks
+        recompile for dynamic shapes, which ran a full window's pass as slowly as uncompiled blocks (wan-1.3b
+        512², H200: 131.7 ms/chunk against 83.3 when every fill state had its own ring length)."""
+        if filled == 0 and self.compiled:
+            with torch.compiler.set_stance("force_eager"):
+                return self._dit_passes(sigmas, filled)
+        return self._dit_passes(sigmas, filled)
+
+    def _dit_passes(self, sigmas: tuple[float, ...], filled: int | None) -> None:
         c = self.shape.chunk_frames
         cache = (self.sink_k, self.sink_v, self.ring_k, self.ring_v, self.position, *self.tables)
         noise = self.noise[len(sigmas)]
-        step, commit = self.steps[full]
+        if filled not in self.steps:
+            self.steps[filled] = (PassGraph(self.model, self.shape, filled_frames=filled),
+                                  CommitGraph(self.model, self.shape, inplace=True, filled_frames=filled))
+        step, commit = self.steps[filled]
         x0 = sample(lambda x, s: step(x, _timesteps(s, c, x.device), self.audio, *cache), list(noise.unbind(0)),
                     sigmas)
         commit(x0, self.audio, *cache)
@@ -233,10 +255,10 @@ class CudaGraphBackend:
         return video
 
     def _replay(self, key: object, body: Callable[[], torch.Tensor | None],
-                mutable: list[torch.Tensor]) -> torch.Tensor | None:
-        """Replay the graph of `key`, capturing it on first use. The warm-up run before a capture writes the
-        `mutable` buffers (the ring, the decoder state), so they are restored before the capture (which runs
-        nothing) and the replay that does the real work."""
+                mutable: list[torch.Tensor], pool: Any = None) -> torch.Tensor | None:
+        """Replay the graph of `key`, capturing it on first use (in `pool`, shared by graphs with no outputs).
+        The warm-up run before a capture writes the `mutable` buffers (the ring, the decoder state), so they are
+        restored before the capture (which runs nothing) and the replay that does the real work."""
         if key not in self.graphs:
             with _CAPTURE:
                 saved = [t.clone() for t in mutable]
@@ -250,7 +272,7 @@ class CudaGraphBackend:
                 graph = torch.cuda.CUDAGraph()
                 # "thread_local": only this thread must avoid unsafe calls (cudaMalloc, syncs) while it captures;
                 # in the default "global" mode such a call from another session's thread fails, ending the capture
-                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
                     out = body()
                 self.graphs[key] = (graph, out)
         graph, out = self.graphs[key]
@@ -270,13 +292,14 @@ class CudaGraphBackend:
         for static, t in zip(self.tables, tables):
             static.copy_(t)
         self.position.fill_(self.frames_written)
-        first, full = self.frames_written == 0, self.frames_written >= self.shape.window_frames
+        first, filled = self.frames_written == 0, self._ring_state()
         video = None
         with _attention_kernels(self.cudnn_first):  # kernels are chosen when a graph is captured
             if self.capture:
-                self._replay(("dit", key, full), lambda: self._dit(key, full), [self.ring_k, self.ring_v])
+                self._replay(("dit", key, filled), lambda: self._dit(key, filled), [self.ring_k, self.ring_v],
+                             self.pool)
             else:
-                self._dit(key, full)
+                self._dit(key, filled)
             if self.decodes and first and self.kind == "vae":
                 video = self._decode_vae_first()
             elif self.decodes:
@@ -366,7 +389,9 @@ class OrtBackend:
 
         self.sink_k, self.sink_v = zeros(L, 1, S * T, H, D), zeros(L, 1, S * T, H, D)
         self.rings = [(zeros(L, 1, W * T, H, D), zeros(L, 1, W * T, H, D)) for _ in range(2)]
-        self.velocity = zeros(1, bundle.dit_config().out_dim, self.shape.chunk_frames, *self.shape.latent_hw)
+        # the DiT's head returns float32 whatever the weights' dtype (as the engine's does): so does the sampler
+        self.velocity = torch.zeros(1, bundle.dit_config().out_dim, self.shape.chunk_frames, *self.shape.latent_hw,
+                                    device=self.device, dtype=self.pass_.output_dtypes["velocity"])
         self.kind, self.decodes = decoder, decoder is not None
         self.decoders: dict[str, OrtGraph] = {}
         if decoder is not None:
@@ -425,15 +450,16 @@ class OrtBackend:
                  "cos_chunk": tables[0], "sin_chunk": tables[1], "cos_sink": tables[2], "sin_sink": tables[3],
                  "audio": audio.to(self.device, self.dtype).contiguous()}
 
-        def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
-            self.pass_.run({"x": x.contiguous(), "t": _timesteps(sigma, c, self.device), **cache},
+        def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:  # x in the weights' dtype, as the DiT casts it
+            self.pass_.run({"x": x.to(self.dtype).contiguous(), "t": _timesteps(sigma, c, self.device), **cache},
                            {"velocity": self.velocity})
             return self.velocity
 
         x0 = sample(velocity, noise, sigmas)
-        self.commit.run({"x0": x0.contiguous(), **cache}, {"new_ring_k": next_k, "new_ring_v": next_v})
+        latents = x0.to(self.dtype).contiguous()
+        self.commit.run({"x0": latents, **cache}, {"new_ring_k": next_k, "new_ring_v": next_v})
         self.rings.reverse()
-        frames = to_uint8(self._decode(x0, self.frames_written == 0)) if self.decodes else None
+        frames = to_uint8(self._decode(latents, self.frames_written == 0)) if self.decodes else None
         self.frames_written += c
         return ChunkResult(x0, frames)
 

@@ -11,7 +11,8 @@ int. Here the same step takes the cache as explicit tensors and the write positi
                                                        (at max(0, position - W)), formed on the host
 
 The mask (ring slots not yet filled are hidden) and the ring slots are computed in the graph from
-`position`. RoPE tables stay on the host because the engine forms the angles in float64 from absolute
+`position`. A graph built for a known number of filled ring frames (`filled_frames`, as the CUDA-graph backend
+captures one per window state) needs no mask: it attends to exactly [sink | the filled ring | chunk]. RoPE tables stay on the host because the engine forms the angles in float64 from absolute
 positions (so a stream may run past 1024 frames without losing accuracy); float64 trigonometry is slow or
 missing on accelerators, and the tables are a few kilobytes.
 
@@ -113,6 +114,7 @@ class TensorChunkLayout:
 
     def __init__(self, sink_k: torch.Tensor, sink_v: torch.Tensor, ring_k: torch.Tensor, ring_v: torch.Tensor,
                  mask: torch.Tensor | None, tables: RopeTables, record: bool):
+        """ring_k/ring_v [layers, 1, R, heads, head_dim]: the whole ring (with a mask) or its filled rows."""
         self.sink_k, self.sink_v, self.ring_k, self.ring_v, self.mask = sink_k, sink_v, ring_k, ring_v, mask
         self.rot_chunk, self.rot_sink = _rotation(*tables[:2]), _rotation(*tables[2:])
         self.record = record
@@ -146,16 +148,36 @@ class SinkGraph(nn.Module):
         return cache.sink_k, cache.sink_v
 
 
+def _ring_view(filled_frames: int | None, shape: ChunkShape) -> int | None:
+    """Check a graph's `filled_frames`: None (a mask computed from `position`: any position), or the number
+    of leading ring frames that hold the stream's frames (0 <= n <= window; the window once it is full)."""
+    if filled_frames is not None and not 0 <= filled_frames <= shape.window_frames:
+        raise ConfigError(f"filled_frames must be within [0, {shape.window_frames}] (the window), "
+                          f"got {filled_frames}")
+    return filled_frames
+
+
+def _layout(cache: KVCacheConfig, chunk_frames: int, filled_frames: int | None, position: torch.Tensor,
+            sink: tuple[torch.Tensor, torch.Tensor], ring: tuple[torch.Tensor, torch.Tensor], tables: RopeTables,
+            record: bool) -> TensorChunkLayout:
+    """The chunk's attention layout: masked by `position`, or over the filled ring rows only (no mask)."""
+    if filled_frames is None:
+        return TensorChunkLayout(*sink, *ring, visible_keys(position, cache, chunk_frames), tables, record)
+    rows = filled_frames * cache.tokens_per_frame  # a frame's slot is i mod W: a filling ring fills from row 0
+    return TensorChunkLayout(*sink, ring[0][:, :, :rows], ring[1][:, :, :rows], None, tables, record)
+
+
 class PassGraph(nn.Module):
     """One denoising pass of a chunk through the cache -> velocity [1, C_out, chunk, h, w].
 
-    `full_ring=True` builds the step for a stream whose window is full: no mask at all, which lets a GPU's
-    SDPA pick its fastest (mask-free) kernels; the exported graphs keep the mask and serve every position."""
+    `filled_frames=n` builds the step for a stream that has written n frames (n < window) or whose window is
+    full (n = window): no mask at all, so a GPU's SDPA may pick its fastest (mask-free) kernels, and a filling
+    window costs only its filled part. None (the exported graphs) keeps the mask and serves every position."""
 
-    def __init__(self, model: DiT, shape: ChunkShape, full_ring: bool = False):
+    def __init__(self, model: DiT, shape: ChunkShape, filled_frames: int | None = None):
         super().__init__()
         self.model, self.cache, self.chunk_frames = model, shape.cache_config(model), shape.chunk_frames
-        self.full_ring = full_ring
+        self.filled_frames = _ring_view(filled_frames, shape)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, audio: torch.Tensor, sink_k: torch.Tensor,
                 sink_v: torch.Tensor, ring_k: torch.Tensor, ring_v: torch.Tensor, position: torch.Tensor,
@@ -163,9 +185,8 @@ class PassGraph(nn.Module):
                 sin_sink: torch.Tensor) -> torch.Tensor:
         """x [1, C, chunk, h, w] noisy latents; t [1, chunk] timesteps in [0, 1000]; audio tokens
         [1, chunk, tokens, audio_dim]; the cache and positions as in the module doc."""
-        mask = None if self.full_ring else visible_keys(position, self.cache, self.chunk_frames)
-        layout = TensorChunkLayout(sink_k, sink_v, ring_k, ring_v, mask, (cos_chunk, sin_chunk, cos_sink, sin_sink),
-                                   record=False)
+        layout = _layout(self.cache, self.chunk_frames, self.filled_frames, position, (sink_k, sink_v),
+                         (ring_k, ring_v), (cos_chunk, sin_chunk, cos_sink, sin_sink), record=False)
         return self.model(x, t, layout, audio=audio)
 
 
@@ -173,21 +194,20 @@ class CommitGraph(nn.Module):
     """The pass at t = 0 on the clean chunk: returns the ring with the chunk's keys and values written at
     its slots (the velocity of this pass is not used, so the graph leaves out the last block's tail and the
     head). `inplace` writes into ring_k/ring_v themselves (static buffers of a CUDA graph) and returns them;
-    `full_ring` as for PassGraph."""
+    `filled_frames` as for PassGraph."""
 
-    def __init__(self, model: DiT, shape: ChunkShape, inplace: bool = False, full_ring: bool = False):
+    def __init__(self, model: DiT, shape: ChunkShape, inplace: bool = False, filled_frames: int | None = None):
         super().__init__()
         self.model, self.cache, self.chunk_frames = model, shape.cache_config(model), shape.chunk_frames
-        self.inplace, self.full_ring = inplace, full_ring
+        self.inplace, self.filled_frames = inplace, _ring_view(filled_frames, shape)
 
     def forward(self, x0: torch.Tensor, audio: torch.Tensor, sink_k: torch.Tensor, sink_v: torch.Tensor,
                 ring_k: torch.Tensor, ring_v: torch.Tensor, position: torch.Tensor, cos_chunk: torch.Tensor,
                 sin_chunk: torch.Tensor, cos_sink: torch.Tensor,
                 sin_sink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.chunk_frames
-        mask = None if self.full_ring else visible_keys(position, self.cache, c)
-        layout = TensorChunkLayout(sink_k, sink_v, ring_k, ring_v, mask, (cos_chunk, sin_chunk, cos_sink, sin_sink),
-                                   record=True)
+        layout = _layout(self.cache, c, self.filled_frames, position, (sink_k, sink_v), (ring_k, ring_v),
+                         (cos_chunk, sin_chunk, cos_sink, sin_sink), record=True)
         self.model(x0, torch.zeros(1, c, device=x0.device), layout, audio=audio)
         slots = ring_slots(position, self.cache, c)
         new_k = torch.stack(layout.new_k).to(ring_k.dtype)  # [layers, 1, chunk*T, heads, head_dim]

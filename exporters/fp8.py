@@ -45,6 +45,9 @@ class Fp8Linear(nn.Module):
         self.register_buffer("weight_fp8", q)  # [N, K] row-major; its transpose is the column-major B operand
         self.register_buffer("weight_scale", scale.reshape(1, -1))  # [1, N]
         self.register_buffer("bias", linear.bias.detach().clone() if linear.bias is not None else None)
+        self.weight_fp8: torch.Tensor
+        self.weight_scale: torch.Tensor
+        self.bias: torch.Tensor | None
         self.out_dtype = w.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

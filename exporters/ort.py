@@ -15,6 +15,8 @@ from exporters.errors import BackendError
 log = logging.getLogger(__name__)
 
 _NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.bool: np.bool_}
+_TORCH = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(int64)": torch.int64,
+          "tensor(bool)": torch.bool}
 
 
 def providers_available() -> list[str]:
@@ -54,6 +56,7 @@ class OrtGraph:
         self.session = ort.InferenceSession(str(path), opts, providers=providers)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
+        self.output_dtypes = {o.name: _TORCH[o.type] for o in self.session.get_outputs()}
         self.binding = self.session.io_binding()
 
     def _bind(self, name: str, t: torch.Tensor, output: bool) -> None:

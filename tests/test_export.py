@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from engine.audio.features import AudioFeatureConfig
+from engine.errors import ConfigError
 from engine.models.attention import KVCache
 from engine.models.dit import DiT, DiTConfig
 from engine.models.tiny_vae import MemoryState, TinyVAE, TinyVAEConfig
@@ -79,7 +80,8 @@ def stream_inputs(model: DiT, chunks: int, chunk: int, seed: int = 1):
 @pytest.mark.parametrize("chunk,window", [(1, 3), (2, 3)])
 def test_chunk_graphs_equal_the_engine_kv_cache(chunk, window):
     """PassGraph/CommitGraph with the cache as tensors equal KVCache.chunk() chunk after chunk, also when the
-    ring wraps in the middle of a chunk (chunk 2, window 3)."""
+    ring wraps in the middle of a chunk (chunk 2, window 3); both the masked graphs (any position: ONNX) and
+    the graphs built for the ring's filled frames (no mask: the CUDA-graph backend's)."""
     model = models()[0]
     shape = ChunkShape((4, 4), 1, chunk, window)
     cfg = shape.cache_config(model)
@@ -95,12 +97,19 @@ def test_chunk_graphs_equal_the_engine_kv_cache(chunk, window):
             tables = rope_tables(cfg, chunk, cache.frames_written)
             t = torch.full((1, chunk), 700.0)
             want = model(x, t, cache.chunk(chunk), audio=a)
-            got = PassGraph(model, shape)(x, t, a, sink_k, sink_v, ring_k, ring_v, position, *tables)
-            assert (got - want).abs().max() <= 1e-5, k
+            filled = min(cache.frames_written, window)
+            for graph in (PassGraph(model, shape), PassGraph(model, shape, filled_frames=filled)):
+                got = graph(x, t, a, sink_k, sink_v, ring_k, ring_v, position, *tables)
+                assert (got - want).abs().max() <= 1e-5, (k, graph.filled_frames)
             model(x, torch.zeros(1, chunk), cache.chunk(chunk, write=True), audio=a)
             cache.advance(chunk)
-            ring_k, ring_v = CommitGraph(model, shape)(x, a, sink_k, sink_v, ring_k, ring_v, position, *tables)
-            assert (ring_k - cache.k).abs().max() <= 1e-5 and (ring_v - cache.v).abs().max() <= 1e-5, k
+            masked = CommitGraph(model, shape)(x, a, sink_k, sink_v, ring_k, ring_v, position, *tables)
+            ring_k, ring_v = CommitGraph(model, shape, filled_frames=filled)(x, a, sink_k, sink_v, ring_k, ring_v,
+                                                                              position, *tables)
+            for ring, want_ring in ((masked[0], cache.k), (masked[1], cache.v), (ring_k, cache.k), (ring_v, cache.v)):
+                assert (ring - want_ring).abs().max() <= 1e-5, k
+    with pytest.raises(ConfigError, match="filled_frames"):
+        PassGraph(model, shape, filled_frames=window + 1)
 
 
 @pytest.mark.parametrize("chunk", [1, 2])
