@@ -3,7 +3,7 @@ and agent frameworks, and WHIP, RFC 9725), the websocket protocol (PROTOCOL.md),
 metrics.
 
     GET  /                  the browser page (microphone in; the avatar's video and audio out)
-    GET  /health            {"status": "ok", "sessions": n, "max_sessions": m}
+    GET  /health            {"status": "ok", "sessions": n, "max_sessions": m, "warm_up": {"chunks", "seconds"}}
     GET  /metrics           Prometheus text: sessions, fps, latency, steps per session
     GET  /portraits         {"portraits": [names], "default": name}
     POST /portraits         an image (PNG/JPEG/WebP) -> 201 {"portrait": name}
@@ -38,6 +38,7 @@ from realtime.errors import (
     WrongContentType,
 )
 from realtime.registry import Entry, Portraits, Registry, open_session
+from realtime.session import warm_up
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -52,6 +53,7 @@ class ServerState:
         self.portraits = Portraits(avatar, config.image_limits, config.max_uploads)
         self.started_at = time.monotonic()
         self.websockets: set[web.WebSocketResponse] = set()  # open ones, so that a shutdown can wait for them
+        self.warm_up_chunks, self.warm_up_s = 0, 0.0  # the start-up warm-up of a named backend (/health)
 
     async def end_all(self, reason: str, timeout_s: float = 2.0) -> None:
         """End every session and give their websockets a moment to finish their close handshake."""
@@ -123,7 +125,8 @@ async def page_script(request: web.Request) -> web.FileResponse:
 async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return web.json_response({"status": "ok", "sessions": state.registry.count,
-                              "max_sessions": state.config.max_sessions})
+                              "max_sessions": state.config.max_sessions,
+                              "warm_up": {"chunks": state.warm_up_chunks, "seconds": round(state.warm_up_s, 3)}})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -274,6 +277,15 @@ async def _reaper(app: web.Application) -> None:
 
 
 async def _start_background(app: web.Application) -> None:
+    """Before the server listens: with a backend named for sessions, warm it up (session.warm_up) so that the
+    first caller does not wait for torch.compile; then start the reaper."""
+    state = app[STATE]
+    if state.config.session.backend is not None:
+        t0 = time.monotonic()
+        state.warm_up_chunks = await asyncio.to_thread(warm_up, state.avatar, state.config.session)
+        state.warm_up_s = time.monotonic() - t0
+        log.info("backend %r warmed up: %d chunks in %.1f s", state.config.session.backend, state.warm_up_chunks,
+                 state.warm_up_s)
     app[REAPER] = asyncio.create_task(_reaper(app))
 
 

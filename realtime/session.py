@@ -435,6 +435,35 @@ def new_generator(avatar: Avatar, config: SessionConfig) -> StreamingGenerator:
     return BackendGenerator(avatar.model, backend, stream)
 
 
+def warm_up(avatar: Avatar, config: SessionConfig) -> int:
+    """Run throwaway streams through every step level a session may use (the adaptive levels at or below
+    `config.steps`), each past a full window, so that what a backend does once per process -- torch.compile
+    of the DiT's blocks, about 15 s per layout on a GPU, and the kernels' first launches -- is done before the
+    first caller's chunk instead of in it. Each session still captures its own CUDA graphs (fractions of a
+    second). Returns the chunks run."""
+    from realtime.config import STEP_LEVELS
+
+    levels = [s for s in STEP_LEVELS if s <= config.steps] if config.adaptive else [config.steps]
+    gen = new_generator(avatar, config)
+    p = next(avatar.model.parameters())
+    g = torch.Generator().manual_seed(config.seed)
+    reference = torch.randn(1, avatar.model.cfg.in_dim, 1, *avatar.latent_hw, generator=g).to(p.device, p.dtype)
+    chunks = config.window_frames // config.chunk_frames + 1  # the first chunk, the filling ring, a full one
+    seconds = (chunks * config.chunk_frames * gen.audio_config.video_frames_per_latent + 4) / gen.audio_config.fps
+    rate = gen.audio_config.sample_rate
+    pcm = (0.1 * torch.randn(int(seconds * rate), generator=g)).numpy()
+    run = 0
+    with torch.no_grad():
+        for steps in levels:
+            gen.reset(reference, seed=config.seed)
+            gen.steps = steps
+            gen.push_audio(pcm, rate)
+            for _ in range(chunks):
+                gen.step(allow_silence=True)
+                run += 1
+    return run
+
+
 @functools.cache
 def _say_no_text(backend: str) -> None:
     log.warning("sessions on backend %r run without the text (emotion) condition: its step has no text branch",

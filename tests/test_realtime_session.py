@@ -3,8 +3,10 @@
 end; and the websocket server runs where neither aiortc nor PyAV is installed (JPEG and portraits through
 Pillow), as on the GPU machine the serving benchmark runs on."""
 import asyncio
+import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,11 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.load(r)
+
+
 def speech(seconds: float) -> np.ndarray:
     t = np.arange(int(seconds * SR)) / SR
     return (0.4 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2 * 32767).astype(np.int16)
@@ -59,6 +66,26 @@ def test_a_backend_session_streams_what_the_engine_streams_without_text():
         assert (a.frames.int() - b.frames.int()).abs().max() <= 1
     with pytest.raises(RealtimeError, match="backend must be"):
         SessionConfig(backend="tensorrt")
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_a_server_with_a_named_backend_warms_it_up_before_it_listens():
+    """Every step level the adaptive rule may pick (2 and 1 below a start of 2), each past a full window of 2:
+    three chunks a level, run before the port opens; /health reports it, and a session then streams."""
+    avatar = load_avatar(resolution=64)
+    config = ServerConfig(port=0, session=SessionConfig(steps=2, window_frames=2, backend="torch"))
+    async with serve_local(avatar, config) as server:
+        assert server.state.warm_up_chunks == 6 and server.state.warm_up_s > 0
+        client = await AvatarClient.connect(server.ws_url, sample_rate=SR)
+        await client.send_audio(speech(0.5))
+        await client.end_of_utterance()
+        frame = await asyncio.wait_for(anext(client.frames()), 60)
+        await client.close()
+        health = await asyncio.to_thread(_get_json, server.url + "/health")
+    assert frame.width == 64 and health["warm_up"]["chunks"] == 6
+    async with serve_local(avatar, ServerConfig(port=0)) as server:  # the eager engine: nothing to warm
+        assert server.state.warm_up_chunks == 0
 
 
 @pytest.mark.asyncio
