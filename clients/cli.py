@@ -228,10 +228,12 @@ def _box(text: str):
 def cmd_dub(args: argparse.Namespace) -> int:
     """Make an existing video speak new audio: regenerate the mouth region (masked latent inpainting)."""
     import tempfile
+    from pathlib import Path
 
     import numpy as np
     import torch
 
+    from engine.data.docs import write_png
     from engine.generate.avatar import DECODERS
     from engine.generate.dub import DubConfig, SourceVideo, dub, measure_outside
     from engine.generate.long_video import LongVideoConfig
@@ -258,22 +260,12 @@ def cmd_dub(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         first = next(iter(SourceVideo(args.video)))
         portrait = f"{tmp}/first-frame.png"
-        _write_png(portrait, np.ascontiguousarray(first[: first.shape[0] // 2 * 2, : first.shape[1] // 2 * 2]))
+        write_png(Path(portrait), np.ascontiguousarray(first[: first.shape[0] // 2 * 2, : first.shape[1] // 2 * 2]))
         print("the dubbed video, for the new audio:")
         _score(args.out, portrait, args.audio)
         print("the source video, for the new audio (what lip sync was before):")
         _score(args.video, portrait, args.audio)
     return 0
-
-
-def _write_png(path: str, image) -> None:
-    import av
-
-    with av.open(path, "w", format="image2") as out:
-        stream = out.add_stream("png")
-        stream.width, stream.height, stream.pix_fmt = image.shape[1], image.shape[0], "rgb24"
-        for packet in list(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24"))) + list(stream.encode(None)):
-            out.mux(packet)
 
 
 def _dub_args(p: argparse.ArgumentParser) -> None:

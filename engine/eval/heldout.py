@@ -62,8 +62,9 @@ def score_frames(frames: torch.Tensor, clip: ClipArrays, portrait: torch.Tensor,
             "silent_open_p95": float(np.percentile(read[quiet], 95)) if quiet.any() else float("nan")}
 
 
-def student_frames(avatar: Avatar, portrait: np.ndarray, clip: ClipArrays, steps: int, seed: int) -> torch.Tensor:
-    gen = avatar.generator(StreamConfig(steps=steps), decoder="vae", emotion=int(clip.truth["expression"][0]))
+def student_frames(avatar: Avatar, portrait: np.ndarray, clip: ClipArrays, steps: int, seed: int,
+                   decoder: str = "vae") -> torch.Tensor:
+    gen = avatar.generator(StreamConfig(steps=steps), decoder=decoder, emotion=int(clip.truth["expression"][0]))
     gen.reset(avatar.reference(portrait), seed=seed)
     gen.push_audio(clip.audio, 16000)
     with torch.no_grad():
@@ -83,7 +84,10 @@ def teacher_frames(avatar: Avatar, teacher, portrait: np.ndarray, clip: ClipArra
 
 
 def evaluate(data: str, files: AvatarFiles, readers: Readers, clips: int = 16, steps: tuple[int, ...] = (4, 2, 1),
-             teacher_path: str = "", device: str = "cpu", seed: int = 0) -> dict[str, dict[str, float]]:
+             teacher_path: str = "", device: str = "cpu", seed: int = 0,
+             decoders: tuple[str, ...] = ("vae",)) -> dict[str, dict[str, float]]:
+    """The rows of the module doc; the student's rows once per decoder in `decoders` (the VAE's named
+    "student N steps", the tiny decoder's "student N steps, tiny decoder")."""
     avatar = load_avatar(files, device=device)
     teacher = None
     if teacher_path:
@@ -110,8 +114,10 @@ def evaluate(data: str, files: AvatarFiles, readers: Readers, clips: int = 16, s
         rows.setdefault("wrong audio", []).append(score_frames(real[:n], clip, portrait_t, readers,
                                                                other.truth["mouth_open"][:n]))
         for s in steps:
-            frames = student_frames(avatar, portrait, clip, s, seed + i)
-            rows.setdefault(f"student {s} steps", []).append(score_frames(frames, clip, portrait_t, readers))
+            for decoder in decoders:
+                frames = student_frames(avatar, portrait, clip, s, seed + i, decoder)
+                name = f"student {s} steps" + ("" if decoder == "vae" else f", {decoder} decoder")
+                rows.setdefault(name, []).append(score_frames(frames, clip, portrait_t, readers))
         if teacher is not None:
             frames = teacher_frames(avatar, teacher, portrait, clip, seed + i)
             rows.setdefault("teacher", []).append(score_frames(frames, clip, portrait_t, readers))
@@ -132,12 +138,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--identity", default="")
     ap.add_argument("--clips", type=int, default=16)
     ap.add_argument("--steps", default="4,2,1")
+    ap.add_argument("--decoders", default="vae", help="decoders of the student rows, comma-separated: vae, tiny")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
     mouth, identity = load_readers(args.mouth_reader or None, args.identity or None, args.device)
     scores = evaluate(args.data, AvatarFiles(Path(args.dit), Path(args.vae), Path(args.tiny)), Readers(mouth, identity),
-                      args.clips, tuple(int(s) for s in args.steps.split(",") if s), args.teacher, args.device)
+                      args.clips, tuple(int(s) for s in args.steps.split(",") if s), args.teacher, args.device,
+                      decoders=tuple(d for d in args.decoders.split(",") if d))
     text = json.dumps(scores, indent=1)
     print(text)
     if args.out:
