@@ -98,7 +98,7 @@ def _stream_args(p: argparse.ArgumentParser) -> None:
 RENDER_OPTIONS = {  # option: (type, default); a script's [render] table may set any of them
     "method": (str, "extend"), "model": (str, "student"), "teacher": (str, None), "steps": (int, None),
     "guidance": (float, None), "shift": (float, 5.0), "window": (int, 8), "overlap": (int, 2), "chunk": (int, 1),
-    "history_sigma": (float, 0.0), "decoder": (str, "vae"), "emotion": (str, "neutral"), "seed": (int, 0),
+    "history_sigma": (float, 0.0), "decoder": (str, "tiny"), "emotion": (str, "neutral"), "seed": (int, 0),
     "checkpoint_s": (float, 10.0), "context_shots": (int, 1), "measure_joins": (bool, True),
 }
 
@@ -199,7 +199,8 @@ def _render_args(p: argparse.ArgumentParser) -> None:
                    "(default 2)")
     p.add_argument("--chunk", type=int, help="the student's latent frames per chunk (default 1)")
     p.add_argument("--history-sigma", type=float, help="extend: re-noise the history to this sigma (default 0)")
-    p.add_argument("--decoder", choices=["vae", "tiny"])
+    p.add_argument("--decoder", choices=["vae", "tiny"],
+                   help="tiny (default: the demo student's latents decode better through it, bench/RESULTS.md) or vae")
     p.add_argument("--emotion", choices=["neutral", "happy", "sad", "surprised", "angry"])
     p.add_argument("--seed", type=int)
     p.add_argument("--checkpoint-s", type=float, help="seconds of film between checkpoints (default 10)")
