@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from engine.checkpoints.vae import load_tiny_vae, load_vae
+from engine.checkpoints.vae import decoder_only, load_tiny_vae, load_vae
 from engine.data.synth import synthesize_dataset
 from engine.data.synthtalk import SynthTalk
 from engine.errors import ConfigError, DataError
@@ -52,7 +52,7 @@ def test_train_resume_and_distil(clips, tmp_path):
     cfg = TrainVAEConfig(data=str(clips), out=str(tmp_path / "vae"), resolution=32, frames=5, batch=2, steps=4,
                          save_every=2, log_every=1, eval_clips=2, device="cpu", bf16=False)
     scores = train(cfg)
-    assert {"psnr", "ssim", "mouth_psnr"} <= scores.keys()
+    assert {"psnr", "ssim", "mouth_psnr", "psnr_start", "psnr_late"} <= scores.keys()
     log = [json.loads(line) for line in (tmp_path / "vae" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
     vae = load_vae(tmp_path / "vae" / "final.safetensors")
@@ -66,5 +66,10 @@ def test_train_resume_and_distil(clips, tmp_path):
                               steps=2, eval_clips=1, device="cpu", bf16=False)
     train(tiny_cfg)
     assert load_tiny_vae(tmp_path / "tiny" / "final.safetensors").cfg.name == "demo"
+    # a new run may start from shipped weights: the tiny decoder ships without its encoder
+    decoder_only(tmp_path / "tiny" / "final.safetensors", tmp_path / "shipped-tiny.safetensors")
+    train(TrainVAEConfig(**{**tiny_cfg.__dict__, "out": str(tmp_path / "tiny2"), "steps": 1,
+                            "init": str(tmp_path / "shipped-tiny.safetensors")}))
+    assert (tmp_path / "tiny2" / "final.safetensors").exists()
     with pytest.raises(ConfigError, match="teacher"):
         TrainVAEConfig(data="x", out="y", model="tiny")

@@ -31,6 +31,7 @@ for stage in ${STAGES:-teacher}; do
                  --vae "$VAE" --tiny "${TINY:-engine/assets/demo-tiny.safetensors}" --teacher "$TEACHER" \
                  --mouth-reader "${READER:-engine/assets/mouth-reader.safetensors}" \
                  --identity "${IDENTITY:-engine/assets/identity.safetensors}" --clips "${EVAL_CLIPS:-16}" \
+                 --steps "${EVAL_STEPS:-4,2,1}" --decoders "${DECODERS:-vae,tiny}" \
                  --out "$OUT/heldout.json" >> "$OUT/logs.txt" 2>&1 ;;
   esac
   echo "$stage: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/times.txt"

@@ -10,7 +10,7 @@ if ls /tmp/parts/bundle.tar.part* >/dev/null 2>&1 && [ ! -f /tmp/site/.bundle ];
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/bundle/*.whl
   touch /tmp/site/.bundle
 fi
-if ls .whl/*.whl >/dev/null 2>&1; then
+if ls .whl/*.whl >/dev/null 2>&1 && [ ! -d /tmp/site/av ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null || true
 fi
 export PYTHONPATH=/tmp/site:$PWD
