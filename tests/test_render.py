@@ -72,6 +72,22 @@ def tiny_avatar(resolution: int = 64) -> Avatar:
     return Avatar(dit, CausalVAE(vae_config("demo")).eval().requires_grad_(False), None, False, resolution)
 
 
+def same_latents(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to float rounding: on some CPUs a killed render's child process and this one sum the same
+    matmuls in another order (last bits differ, seen 2026-12-05 even with one thread on both sides)."""
+    return a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def same_film(a: np.ndarray, b: np.ndarray) -> bool:
+    """The same frames once through h264: rounding-level latent differences may flip a pixel level, which the
+    encoder spreads over a frame or two (seen: up to 4.5 levels off on average in one frame near a segment join, 0.06 over the film); a
+    different frame would be tens of levels off."""
+    if a.shape != b.shape:
+        return False
+    per_frame = np.abs(a.astype(np.int16) - b.astype(np.int16)).reshape(len(a), -1).mean(1)
+    return float(per_frame.mean()) < 0.2 and float(per_frame.max()) <= 8
+
+
 def speech_file(path, seconds, rate=16000):
     t = np.arange(int(seconds * rate)) / rate
     write_audio(path, (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), rate)
@@ -162,11 +178,11 @@ def test_a_killed_render_goes_on_to_the_same_latents_and_video(tmp_path, method)
         torch.set_num_threads(threads)
     before_kill = {int(p.stem.split("-")[1]): torch.from_numpy(np.load(p)) for p in (tmp_path / "first").glob("*.npy")}
     for first, x in {**before_kill, **resumed_latents}.items():  # frames made twice (after the last checkpoint) too
-        assert torch.equal(x, straight_latents[first]), first
+        assert same_latents(x, straight_latents[first]), first
     assert set(before_kill) | set(resumed_latents) == set(straight_latents)
     film, audio_s = decoded(out)
     straight, straight_audio_s = decoded(tmp_path / "straight.mp4")
-    assert np.array_equal(film, straight) and audio_s == straight_audio_s
+    assert same_film(film, straight) and audio_s == straight_audio_s
 
 
 def test_a_full_disk_stops_with_a_message_and_keeps_what_was_rendered(tmp_path, monkeypatch):
@@ -192,7 +208,7 @@ def test_a_full_disk_stops_with_a_message_and_keeps_what_was_rendered(tmp_path, 
     result = render(tiny_avatar(), [Shot(PORTRAIT, audio)], out, config)
     assert result.resumed_from_s > 1.0
     render(tiny_avatar(), [Shot(PORTRAIT, audio)], tmp_path / "straight.mp4", config)
-    assert np.array_equal(decoded(out)[0], decoded(tmp_path / "straight.mp4")[0])
+    assert same_film(decoded(out)[0], decoded(tmp_path / "straight.mp4")[0])
 
 
 def test_bad_inputs_and_other_inputs_in_the_work_folder_stop_with_a_message(tmp_path):
