@@ -62,8 +62,9 @@ PORTRAIT = next(iter(shipped_portraits().values()))
 def tiny_avatar(resolution: int = 64) -> Avatar:
     """A random two-layer DiT (emotion tokens included) and the demo VAE at 64x64: fast, deterministic."""
     torch.manual_seed(0)
-    dit = DiT(DiTConfig("tiny", dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=8, audio_dim=16,
-                        audio_tokens=2, audio_hidden=16,
+    z = vae_config("demo").z_dim
+    dit = DiT(DiTConfig("tiny", in_dim=z, out_dim=z, dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=8,
+                        audio_dim=16, audio_tokens=2, audio_hidden=16,
                         audio_in_dim=AUDIO.window_mel_frames * AUDIO.n_mels)).eval().requires_grad_(False)
     with torch.no_grad():
         for p in dit.parameters():

@@ -151,7 +151,7 @@ def test_decoder_only_tiny_checkpoint(tmp_path):
     decoder_only(tmp_path / "full.safetensors", tmp_path / "dec.safetensors")
     dec = load_tiny_vae(tmp_path / "dec.safetensors")
     assert dec.encoder is None and load_tiny_vae(tmp_path / "full.safetensors").encoder is not None
-    z = torch.randn(1, 16, 2, 4, 4)
+    z = torch.randn(1, full.cfg.z_dim, 2, 4, 4)
     with torch.no_grad():
         assert torch.allclose(dec.decode(z), full.decode(z), atol=2e-2)  # fp16 weights
     with pytest.raises(ConfigError, match="decoder-only"):

@@ -344,9 +344,10 @@ _AUDIO = AudioFeatureConfig()
 _AUDIO_IN = _AUDIO.window_mel_frames * _AUDIO.n_mels
 
 PRESETS: dict[str, DiTConfig] = {
-    # ~7M parameters: streams in real time on 2 CPU cores (16×16 latents, 64 tokens a frame; 128×128 frames).
-    "demo": DiTConfig("demo", dim=256, ffn_dim=512, num_heads=4, num_layers=6, text_dim=64, audio_dim=128,
-                      audio_tokens=4, audio_hidden=256, audio_in_dim=_AUDIO_IN),
+    # ~7M parameters: streams in real time on 2 CPU cores (16×16 latents of the demo VAE's 32 channels, 64 tokens
+    # a frame; 128×128 frames).
+    "demo": DiTConfig("demo", in_dim=32, out_dim=32, dim=256, ffn_dim=512, num_heads=4, num_layers=6, text_dim=64,
+                      audio_dim=128, audio_tokens=4, audio_hidden=256, audio_in_dim=_AUDIO_IN),
     "wan-1.3b": DiTConfig("wan-1.3b", dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, audio_in_dim=_AUDIO_IN),
     "wan-14b": DiTConfig("wan-14b", dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, audio_in_dim=_AUDIO_IN),
 }

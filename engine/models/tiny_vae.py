@@ -197,7 +197,7 @@ TINY_PRESETS: dict[str, TinyVAEConfig] = {
     # 16x16 latents -> 128x128: time grows early, where frames are small; thin at full resolution.
     "demo": TinyVAEConfig("demo", decoder_widths=(64, 48, 24, 16), decoder_blocks=(2, 1, 1),
                           decoder_time_up=(2, 2, 1), encoder_time_pool=(2, 2, 1), encoder_width=32,
-                          encoder_blocks=1),
+                          encoder_blocks=1, z_dim=32),
 }
 
 

@@ -51,6 +51,7 @@ from engine.generate.streaming import sigma_list
 from engine.models.attention import SequenceLayout
 from engine.models.dit import DiT, dit_config, emotion_tokens
 from engine.models.vae import CausalVAE
+from engine.train.widen import widen_dit
 
 STAGES = ("teacher", "student", "distill", "selfforce")
 
@@ -325,7 +326,10 @@ def train(cfg: TrainDiTConfig) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     data = latent_clips(cfg, device)
     grid = tuple(data.latents.shape[-2:])
-    model = load_dit(cfg.init) if cfg.init else DiT(dit_config(cfg.preset))
+    z = data.latents.shape[1]  # the VAE's latent channels: the DiT reads and predicts those
+    model = load_dit(cfg.init) if cfg.init else DiT(replace(dit_config(cfg.preset), in_dim=z, out_dim=z))
+    if model.cfg.in_dim != z:  # a wider VAE than the one `init` was trained on: its weights, widened (Net2Net)
+        model = widen_dit(model, z)
     model = model.to(device).train()
     sharded = distributed and cfg.fsdp
     resume = json.loads((out / "state.json").read_text()) if (out / "state.json").exists() else None
@@ -350,6 +354,7 @@ def train(cfg: TrainDiTConfig) -> dict[str, float]:
     log = (out / "log.jsonl").open("a") if rank == 0 else None
     t0 = time.perf_counter()
     causal = cfg.stage != "teacher"
+    loss = torch.tensor(float("nan"))  # a run resumed at its last step trains no further
     while step < cfg.steps and not (cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s):
         progress = max(step / cfg.steps, (time.perf_counter() - t0) / cfg.time_budget_s if cfg.time_budget_s else 0)
         phase = phase_at(cfg, progress)

@@ -29,6 +29,7 @@ from engine.data.synthtalk import Bank, SynthTalk
 from engine.errors import ConfigError
 from engine.models.tiny_vae import MemoryState, TinyVAE, tiny_vae_config
 from engine.models.vae import CausalVAE, vae_config
+from engine.train.widen import widen_tiny, widen_vae
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,8 @@ def train(cfg: TrainVAEConfig) -> dict[str, float]:
             raise ConfigError("decoder_only fine-tunes the decoder of a trained VAE: model='vae' and init=PATH")
         model = load_vae(cfg.init)  # its config carries the latent statistics, which stay
     else:
-        model = CausalVAE(vae_config(cfg.preset)) if cfg.model == "vae" else TinyVAE(tiny_vae_config(cfg.preset))
+        model = CausalVAE(vae_config(cfg.preset)) if cfg.model == "vae" else \
+            TinyVAE(replace(tiny_vae_config(cfg.preset), z_dim=teacher.cfg.z_dim))  # the teacher's latent space
     model = model.to(cfg.device).train()
     if cfg.decoder_only:
         model.encoder.requires_grad_(False)
@@ -239,7 +241,10 @@ def train(cfg: TrainVAEConfig) -> dict[str, float]:
     step = 0
     if cfg.init and not cfg.decoder_only:  # through the loaders: names checked; a shipped tiny file has no encoder
         init = load_vae(cfg.init) if cfg.model == "vae" else load_tiny_vae(cfg.init)
-        model.load_state_dict(init.state_dict(), strict=init.encoder is not None)
+        if init.cfg.z_dim != model.cfg.z_dim:  # a wider latent space, from the trained weights (Net2Net)
+            widen_vae(init, model) if cfg.model == "vae" else widen_tiny(init, model)
+        else:
+            model.load_state_dict(init.state_dict(), strict=init.encoder is not None)
     if (out / "state.json").exists():  # resume
         state = json.loads((out / "state.json").read_text())
         model.load_state_dict(read_state(out / "last.safetensors"))

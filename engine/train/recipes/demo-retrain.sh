@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The shipped demo DiT and tiny decoder of 2026-12-05, retrained on a new VAE's latents, in three device calls of at
-# most 10 min on one H100, back to back while the machine stays warm (/tmp survives between calls then):
-#   bash engine/train/recipes/demo-retrain.sh teacher   # SynthTalk 1,200 clips, the latent cache, the teacher
-#   bash engine/train/recipes/demo-retrain.sh distill   # few-step distillation from it, then the tiny decoder
+# The shipped demo model retrained from the shipped weights, in three device calls of at most 10 min on one H100,
+# back to back while the machine stays warm (/tmp survives between calls then; issue the next call at once):
+#   bash engine/train/recipes/demo-retrain.sh vae       # SynthTalk 1,200 clips, the VAE on whole clips
+#   bash engine/train/recipes/demo-retrain.sh teacher   # the latent cache, then the teacher beside the tiny decoder
+#   bash engine/train/recipes/demo-retrain.sh distill   # few-step distillation from the teacher
 #   DISTILL_S=330 bash engine/train/recipes/demo-retrain.sh distill  # again: the distillation resumes where it stopped
-# $VAE is the new VAE (demo-vae.sh on whole clips; copy it over engine/assets/demo-vae.safetensors in the working
-# copy: a separate file would push a call past what it may carry). The teacher starts from $TEACHER_INIT (the
-# previous student: the DiT adapts to a new latent space in a few thousand steps). One job at a time: each loads
-# the whole split on the CPU first. Every stage's weights are copied to $OUT as soon as it ends, from
+# Each stage starts from the shipped weights of its model. Where the VAE preset has more latent channels than the
+# shipped VAE (2026-12-05: 16 -> 32), the trainers widen the shipped weights first (engine/train/widen.py): the
+# VAE, the teacher (from the shipped student) and the tiny decoder all start from what already works.
+# $VAE is the VAE the DiT stages use: the one the `vae` stage left in /tmp, or a file named in the call (copy it
+# over engine/assets/demo-vae.safetensors in the working copy: a separate file may push a call past what it may
+# carry). Only one job loads the whole split at a time. Every stage's weights go to $OUT as soon as it ends, from
 # final.safetensors or, if a timeout cut the stage, from its last checkpoint.
 . engine/train/recipes/gpu-env.sh
 set +e
@@ -16,13 +19,15 @@ elapsed() { echo $(( $(date +%s) - t0 )); }
 stamp() { echo "$1: $(elapsed) s" | tee -a "$OUT/times.txt"; }
 half() { python3 -c "import sys; from engine.checkpoints.io import save_half; save_half(*sys.argv[1:])" "$1" "$2"; }
 newest() { [ -f "$1/final.safetensors" ] && echo "$1/final.safetensors" || echo "$1/last.safetensors"; }
-VAE=${VAE:-engine/assets/demo-vae.safetensors}
+VAE=${VAE:-$( [ -f /tmp/vae/final.safetensors ] && echo /tmp/vae/final.safetensors || echo engine/assets/demo-vae.safetensors )}
 LATENTS=/tmp/latents.safetensors
 TEACHER=/tmp/teacher/final.safetensors
 READER=engine/assets/mouth-reader.safetensors
-ensure_data() {
+ensure_synth() {
   if [ ! -f /tmp/synthtalk.done ]; then synth "${CLIPS:-1200}" > "$OUT/synth.log" 2>&1; touch /tmp/synthtalk.done; fi
   stamp synth
+}
+ensure_latents() {
   if [ ! -f $LATENTS ]; then
     python3 -c "
 import sys; from engine.train.dit import TrainDiTConfig, latent_clips
@@ -36,29 +41,44 @@ dit() {  # dit LIMIT_S PRESET ARGS...: one stage under a hard limit
   timeout "$limit" python3 -m engine.train.dit "$@" --data /tmp/synthtalk --vae "$VAE" --latents $LATENTS >> "$OUT/logs.txt" 2>&1
 }
 case $1 in
+  vae)
+    ensure_synth
+    budget=$(( ${END_S:-540} - 170 - $(elapsed) )); echo "vae budget $budget s" >> "$OUT/times.txt"
+    timeout $(( budget + 150 )) python3 -m engine.train.vae --data /tmp/synthtalk --out /tmp/vae --steps 100000 \
+      --batch 4 --frames 97 --lr 4e-4 --warmup 200 --mouth-weight "${MOUTH_WEIGHT:-16}" --face-weight 1 --eval-clips 32 \
+      --reader $READER --init "${VAE_INIT:-engine/assets/demo-vae.safetensors}" --time-budget-s $budget > "$OUT/vae.txt" 2>&1
+    half "$(newest /tmp/vae)" "$OUT/demo-vae.safetensors"
+    tail -n 2 /tmp/vae/log.jsonl > "$OUT/vae-log-tail.txt"
+    stamp vae ;;
   teacher)
-    ensure_data
-    budget=$(( ${END_S:-535} - $(elapsed) )); echo "teacher budget $budget s" >> "$OUT/times.txt"
-    dit $(( budget + 40 )) demo-teacher --out /tmp/teacher --init "${TEACHER_INIT:-engine/assets/demo-dit.safetensors}" \
-      --time-budget-s $budget
+    ensure_synth
+    ensure_latents
+    budget=$(( ${END_S:-560} - $(elapsed) )); echo "teacher budget $budget s" >> "$OUT/times.txt"
+    dit $(( budget + 30 )) demo-teacher --out /tmp/teacher --init "${TEACHER_INIT:-engine/assets/demo-dit.safetensors}" \
+      --time-budget-s $budget &
+    teacher_pid=$!
+    # beside the teacher: the GPU has room for both small models. Loading the split and the final evaluation take
+    # ~180 s around the training budget (on 2026-12-05 a budget 90 s short of that cut it before its final save)
+    if [ ! -f /tmp/tiny/final.safetensors ]; then
+      timeout $(( budget + 20 )) python3 -m engine.train.vae --data /tmp/synthtalk --out /tmp/tiny --model tiny \
+        --teacher "$VAE" --steps 100000 --batch 4 --frames 97 --lr 1e-3 --mouth-weight "${MOUTH_WEIGHT:-16}" \
+        --eval-clips 32 --reader $READER --init "${TINY_INIT:-engine/assets/demo-tiny.safetensors}" \
+        --time-budget-s "${TINY_S:-$(( budget - 180 ))}" > "$OUT/tiny.txt" 2>&1
+      cp "$(newest /tmp/tiny)" "$OUT/demo-tiny.safetensors"   # ship with engine.checkpoints.vae.decoder_only
+      stamp tiny
+    fi
+    wait $teacher_pid
     half "$(newest /tmp/teacher)" "$OUT/teacher.safetensors"
     grep audio_gain /tmp/teacher/log.jsonl | tail -n 3 > "$OUT/teacher-log-tail.txt"
     stamp teacher ;;
   distill)
-    ensure_data
-    dit $(( 575 - $(elapsed) )) demo-distill --out /tmp/distill --init $TEACHER --teacher $TEACHER \
-      --time-budget-s "${DISTILL_S:-300}"
+    ensure_synth
+    ensure_latents
+    dit $(( ${END_S:-560} - $(elapsed) )) demo-distill --out /tmp/distill --init $TEACHER --teacher $TEACHER \
+      --time-budget-s "${DISTILL_S:-360}"
     half "$(newest /tmp/distill)" "$OUT/distill.safetensors"
     tail -n 3 /tmp/distill/log.jsonl > "$OUT/distill-log-tail.txt"
-    stamp distill
-    tiny_s=$(( 500 - $(elapsed) ))
-    if [ ! -f /tmp/tiny/final.safetensors ] && [ $tiny_s -ge 60 ]; then
-      python3 -m engine.train.vae --data /tmp/synthtalk --out /tmp/tiny --model tiny --teacher "$VAE" --steps 100000 \
-        --batch 4 --frames 97 --lr 1e-3 --mouth-weight 8 --eval-clips 32 --reader $READER \
-        --init "${TINY_INIT:-engine/assets/demo-tiny.safetensors}" --time-budget-s $tiny_s > "$OUT/tiny.txt" 2>&1
-      cp "$(newest /tmp/tiny)" "$OUT/demo-tiny.safetensors"   # ship with engine.checkpoints.vae.decoder_only
-      stamp tiny
-    fi ;;
-  *) echo "usage: demo-retrain.sh teacher|distill" >&2; exit 2 ;;
+    stamp distill ;;
+  *) echo "usage: demo-retrain.sh vae|teacher|distill" >&2; exit 2 ;;
 esac
 ls -la "$OUT"
