@@ -66,8 +66,9 @@ def test_train_resume_and_distil(clips, tmp_path):
                               steps=2, eval_clips=1, device="cpu", bf16=False)
     train(tiny_cfg)
     assert load_tiny_vae(tmp_path / "tiny" / "final.safetensors").cfg.name == "demo"
-    # a new run may start from shipped weights: the tiny decoder ships without its encoder
-    decoder_only(tmp_path / "tiny" / "final.safetensors", tmp_path / "shipped-tiny.safetensors")
+    # a new run may start from shipped weights: the tiny decoder ships without its encoder; a run cut short
+    # before its final save ships its last checkpoint
+    decoder_only(tmp_path / "tiny" / "last.safetensors", tmp_path / "shipped-tiny.safetensors")
     train(TrainVAEConfig(**{**tiny_cfg.__dict__, "out": str(tmp_path / "tiny2"), "steps": 1,
                             "init": str(tmp_path / "shipped-tiny.safetensors")}))
     assert (tmp_path / "tiny2" / "final.safetensors").exists()

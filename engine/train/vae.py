@@ -135,7 +135,7 @@ def load_optimizer(path: Path, opt: torch.optim.Optimizer) -> None:
 
 
 def save_checkpoint(out: Path, model, opt: torch.optim.Optimizer, step: int, cfg: TrainVAEConfig) -> None:
-    save_state(out / "last.safetensors", model.state_dict())
+    save_vae(out / "last.safetensors", model)  # with its config: a run cut short still ships its last checkpoint
     save_optimizer(out / "optim.safetensors", opt)
     (out / "state.json").write_text(json.dumps({"step": step, "config": asdict(cfg)}))
 

@@ -4,7 +4,10 @@
 #   bash engine/train/recipes/demo-retrain.sh vae       # SynthTalk 1,200 clips, the VAE on whole clips
 #   bash engine/train/recipes/demo-retrain.sh teacher   # the latent cache, then the teacher beside the tiny decoder
 #   bash engine/train/recipes/demo-retrain.sh distill   # few-step distillation from the teacher
+#   TINY_LR=4e-4 bash engine/train/recipes/demo-retrain.sh tiny  # the tiny decoder alone, from the shipped one
 #   DISTILL_S=330 bash engine/train/recipes/demo-retrain.sh distill  # again: the distillation resumes where it stopped
+# A stage called again on the warm machine resumes from its last checkpoint in /tmp (the teacher, for a longer run).
+# TEACHER_INIT / DISTILL_INIT / TINY_INIT name other starting weights (a carried file); TINY=0 trains the teacher alone.
 # Each stage starts from the shipped weights of its model. Where the VAE preset has more latent channels than the
 # shipped VAE (2026-12-05: 16 -> 32), the trainers widen the shipped weights first (engine/train/widen.py): the
 # VAE, the teacher (from the shipped student) and the tiny decoder all start from what already works.
@@ -18,7 +21,10 @@ t0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - t0 )); }
 stamp() { echo "$1: $(elapsed) s" | tee -a "$OUT/times.txt"; }
 half() { python3 -c "import sys; from engine.checkpoints.io import save_half; save_half(*sys.argv[1:])" "$1" "$2"; }
-newest() { [ -f "$1/final.safetensors" ] && echo "$1/final.safetensors" || echo "$1/last.safetensors"; }
+newest() {  # a stage's final weights or, if a timeout cut it, its last checkpoint
+  for f in "$1/final.safetensors" "$1/last.safetensors"; do [ -f "$f" ] && { echo "$f"; return; }; done
+  echo "no checkpoint in $1: the stage stopped before its first save (see its log in \$OUT)" >&2; echo /nonexistent
+}
 VAE=${VAE:-$( [ -f /tmp/vae/final.safetensors ] && echo /tmp/vae/final.safetensors || echo engine/assets/demo-vae.safetensors )}
 LATENTS=/tmp/latents.safetensors
 TEACHER=/tmp/teacher/final.safetensors
@@ -35,6 +41,16 @@ latent_clips(TrainDiTConfig('teacher', data='/tmp/synthtalk', out='/tmp/x', vae=
       "$VAE" $LATENTS > "$OUT/latents.txt" 2>&1
   fi
   stamp latents
+}
+tiny() {  # tiny LIMIT_S BUDGET_S: the tiny decoder distilled from $VAE; shipped decoder only
+  timeout "$1" python3 -m engine.train.vae --data /tmp/synthtalk --out /tmp/tiny --model tiny \
+    --teacher "$VAE" --steps 100000 --batch 4 --frames 97 --lr "${TINY_LR:-1e-3}" --warmup "${TINY_WARMUP:-200}" \
+    --mouth-weight "${MOUTH_WEIGHT:-16}" --eval-clips 32 --reader $READER \
+    --init "${TINY_INIT:-engine/assets/demo-tiny.safetensors}" --time-budget-s "$2" > "$OUT/tiny.txt" 2>&1
+  python3 -c "import sys; from engine.checkpoints.vae import decoder_only; decoder_only(*sys.argv[1:])" \
+    "$(newest /tmp/tiny)" "$OUT/demo-tiny.safetensors"
+  tail -n 2 /tmp/tiny/log.jsonl > "$OUT/tiny-log-tail.txt"
+  stamp tiny
 }
 dit() {  # dit LIMIT_S PRESET ARGS...: one stage under a hard limit
   local limit=$1; shift
@@ -59,26 +75,25 @@ case $1 in
     teacher_pid=$!
     # beside the teacher: the GPU has room for both small models. Loading the split and the final evaluation take
     # ~180 s around the training budget (on 2026-12-05 a budget 90 s short of that cut it before its final save)
-    if [ ! -f /tmp/tiny/final.safetensors ]; then
-      timeout $(( budget + 20 )) python3 -m engine.train.vae --data /tmp/synthtalk --out /tmp/tiny --model tiny \
-        --teacher "$VAE" --steps 100000 --batch 4 --frames 97 --lr 1e-3 --mouth-weight "${MOUTH_WEIGHT:-16}" \
-        --eval-clips 32 --reader $READER --init "${TINY_INIT:-engine/assets/demo-tiny.safetensors}" \
-        --time-budget-s "${TINY_S:-$(( budget - 180 ))}" > "$OUT/tiny.txt" 2>&1
-      cp "$(newest /tmp/tiny)" "$OUT/demo-tiny.safetensors"   # ship with engine.checkpoints.vae.decoder_only
-      stamp tiny
+    if [ "${TINY:-1}" = 1 ] && [ ! -f /tmp/tiny/final.safetensors ]; then  # TINY=0: the teacher alone
+      tiny $(( budget + 20 )) "${TINY_S:-$(( budget - 180 ))}"
     fi
     wait $teacher_pid
     half "$(newest /tmp/teacher)" "$OUT/teacher.safetensors"
     grep audio_gain /tmp/teacher/log.jsonl | tail -n 3 > "$OUT/teacher-log-tail.txt"
     stamp teacher ;;
+  tiny)  # the tiny decoder alone, from the shipped one (a longer run than the teacher stage leaves it)
+    ensure_synth
+    budget=$(( ${END_S:-560} - 150 - $(elapsed) )); echo "tiny budget $budget s" >> "$OUT/times.txt"
+    tiny $(( budget + 130 )) $budget ;;
   distill)
     ensure_synth
     ensure_latents
-    dit $(( ${END_S:-560} - $(elapsed) )) demo-distill --out /tmp/distill --init $TEACHER --teacher $TEACHER \
+    dit $(( ${END_S:-560} - $(elapsed) )) demo-distill --out /tmp/distill --init "${DISTILL_INIT:-$TEACHER}" --teacher $TEACHER \
       --time-budget-s "${DISTILL_S:-360}"
     half "$(newest /tmp/distill)" "$OUT/distill.safetensors"
     tail -n 3 /tmp/distill/log.jsonl > "$OUT/distill-log-tail.txt"
     stamp distill ;;
-  *) echo "usage: demo-retrain.sh vae|teacher|distill" >&2; exit 2 ;;
+  *) echo "usage: demo-retrain.sh vae|teacher|tiny|distill" >&2; exit 2 ;;
 esac
 ls -la "$OUT"
