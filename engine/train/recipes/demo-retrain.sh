@@ -8,6 +8,12 @@
 #   DISTILL_S=330 bash engine/train/recipes/demo-retrain.sh distill  # again: the distillation resumes where it stopped
 # A stage called again on the warm machine resumes from its last checkpoint in /tmp (the teacher, for a longer run).
 # TEACHER_INIT / DISTILL_INIT / TINY_INIT name other starting weights (a carried file); TINY=0 trains the teacher alone.
+# Alone, the teacher runs ~3x faster: 6,300 steps in 446 s on 2026-12-06 against 1,713 in 339 s beside the tiny
+# decoder (2026-12-05). The fifth demo model's run (one H100, back to back on one warm machine):
+#   TINY=0 END_S=555 demo-retrain.sh teacher
+#   TINY_LR=5e-4 TINY_WARMUP=100 END_S=525 demo-retrain.sh tiny &   # beside the next line (not shipped: colour drift)
+#   DISTILL_INIT=engine/assets/demo-dit.safetensors DISTILL_S=330 END_S=540 demo-retrain.sh distill; wait
+#   DISTILL_S=170 END_S=280 demo-retrain.sh distill                 # resumes
 # Each stage starts from the shipped weights of its model. Where the VAE preset has more latent channels than the
 # shipped VAE (2026-12-05: 16 -> 32), the trainers widen the shipped weights first (engine/train/widen.py): the
 # VAE, the teacher (from the shipped student) and the tiny decoder all start from what already works.
