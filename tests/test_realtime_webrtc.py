@@ -135,11 +135,14 @@ async def test_offer_answer_frames_at_25_fps_and_the_audio_comes_back_delayed(av
         back = next(t for t, f in caller.audio if np.abs(f.to_ndarray().astype(float)).max() > 3000)
         echo_delay = back - caller.tone.onset_at
         session = next(iter(server.state.registry.entries.values())).session
-        frame_delay = session.stats.latency_ms(50) / 1000
-        assert frame_delay > 0.15  # a chunk of audio (160 ms) must arrive before its frames can exist
+        fastest, frame_delay = session.stats.latency_ms(0) / 1000, session.stats.latency_ms(50) / 1000
+        assert fastest > 0.15  # a chunk of audio (160 ms) must arrive before its frames can exist
         # the server's figure starts after aiortc's receive jitter buffer; the echo also crosses Opus twice
-        # and the client's jitter buffer (measured here: ~0.18 s on loopback), so it may only be later
-        assert 0.0 <= echo_delay - frame_delay < 0.25, (echo_delay, frame_delay)
+        # and the client's jitter buffer (measured here: ~0.18 s on loopback), so it may only be later than
+        # the chunk that carried the onset. The server's figures are per chunk and vary with load (a loaded
+        # CI runner saw the median 28 ms above the onset's echo), so the echo is held against the fastest
+        # chunk below and the median above.
+        assert 0.0 <= echo_delay - fastest and echo_delay - frame_delay < 0.25, (echo_delay, fastest, frame_delay)
         metrics = await (await http.get(server.url + "/metrics")).text()
         assert "talkstream_sessions 1" in metrics
         fps_line = next(line for line in metrics.splitlines() if line.startswith("talkstream_session_fps"))
