@@ -4,6 +4,7 @@ A backend owns a stream's model-side state (KV cache, decoder state) and turns o
 noise into clean latents and, with a decoder, video frames:
 
     backend.reset(reference)                        # reference latent [1, C, S, h, w]: prefill the sink
+    out = backend.opening()                         # the stream's latent frame 0, the portrait (one video frame)
     out = backend.chunk(audio, noise, sigmas)       # audio tokens [1, c, tokens, audio_dim] (DiT.encode_audio);
                                                     # noise: one [1, C, c, h, w] per step; sigmas: the few-step list
     out.latents [1, C, c, h, w], out.frames [n, H, W, 3] uint8 (or None)
@@ -75,6 +76,8 @@ class Backend(Protocol):
 
     def reset(self, reference: torch.Tensor) -> None: ...
 
+    def opening(self) -> ChunkResult: ...
+
     def chunk(self, audio: torch.Tensor, noise: Sequence[torch.Tensor], sigmas: Sequence[float]) -> ChunkResult: ...
 
 
@@ -123,7 +126,15 @@ class TorchBackend:
         self.model(reference, torch.zeros(1, S, device=reference.device), self.cache.sink(), sink_frames=S)
         if self.decoder is not None:
             self.decoder.reset()
+        self.reference = reference[:, :, :1].clone()
         self.frames_written = 0
+
+    @torch.no_grad()
+    def opening(self) -> ChunkResult:
+        """The stream's latent frame 0 is the portrait's latent (engine.generate.streaming): decoded as its
+        first video frame; the DiT's ring starts with the frame after it."""
+        return ChunkResult(self.reference.clone(),
+                           self.decoder.decode(self.reference) if self.decoder is not None else None)
 
     @torch.no_grad()
     def chunk(self, audio: torch.Tensor, noise: Sequence[torch.Tensor], sigmas: Sequence[float]) -> ChunkResult:
@@ -142,8 +153,9 @@ class CudaGraphBackend:
     """The whole chunk over static buffers: the cache, RoPE tables, position, audio, noise, latents, video
     and decoder state live at fixed addresses; each chunk copies its inputs in and replays two CUDA graphs:
     the DiT's (every pass and the cache write; one per step count) and the decoder's step. The stream's
-    first chunk replays them too, except the causal VAE's first latent frame, which is decoded eagerly (it
-    takes its own path). capture=False runs the same code eagerly (the CPU tests, a device without CUDA)."""
+    opening frame (the portrait's latent) is decoded eagerly: the causal VAE's first latent frame takes its own
+    path, and the tiny decoder's is a step of one frame. capture=False runs the same code eagerly (the CPU
+    tests, a device without CUDA)."""
 
     name = "torch-cudagraph"
 
@@ -188,7 +200,7 @@ class CudaGraphBackend:
             if isinstance(decoder, CausalVAE):
                 self.decode_first: torch.nn.Module = VAEDecodeGraph(decoder, layout, first=True)
                 self.decode_step: torch.nn.Module = VAEDecodeGraph(decoder, layout, first=False)
-            else:  # zero state is the tiny decoder's start: its first chunk is a step with frames to drop
+            else:  # zero state is the tiny decoder's start: its opening frame is a step with frames to drop
                 self.decode_first = self.decode_step = TinyDecodeGraph(decoder, layout)
                 self.trim = decoder.frames_to_trim
         self.graphs: dict[object, tuple[torch.cuda.CUDAGraph, torch.Tensor | None]] = {}
@@ -203,7 +215,22 @@ class CudaGraphBackend:
         self.ring_v.zero_()
         for s in self.decoder_state:
             s.zero_()
+        self.reference = reference[:, :, :1].to(self.device, self.dtype).clone()
         self.frames_written = 0
+
+    @torch.no_grad()
+    def opening(self) -> ChunkResult:
+        """The stream's latent frame 0, the portrait's latent, decoded eagerly from the zero state."""
+        if not self.decodes:
+            return ChunkResult(self.reference.clone(), None)
+        if self.kind == "vae":
+            video, *state = self.decode_first(self.reference)
+        else:
+            video, *state = self.decode_step(self.reference, *self.decoder_state)
+            video = video[:, :, self.trim:]
+        for s, new in zip(self.decoder_state, state):
+            s.copy_(new)
+        return ChunkResult(self.reference.clone(), to_uint8(video))
 
     # -- the two captured bodies: they read and write static buffers only
 
@@ -240,16 +267,6 @@ class CudaGraphBackend:
     def _decode_step(self) -> torch.Tensor:
         """Decode self.latents from the static state and write the new state back; video [1, 3, T, H, W]."""
         video, *state = self.decode_step(self.latents, *self.decoder_state)
-        for s, new in zip(self.decoder_state, state):
-            s.copy_(new)
-        return video
-
-    def _decode_vae_first(self) -> torch.Tensor:
-        """The causal VAE's first latent frame alone (its own path), then the rest of the chunk; eager."""
-        video, *state = self.decode_first(self.latents[:, :, :1])
-        if self.latents.shape[2] > 1:
-            rest, *state = self.decode_step(self.latents[:, :, 1:], *state)
-            video = torch.cat([video, rest], 2)
         for s, new in zip(self.decoder_state, state):
             s.copy_(new)
         return video
@@ -292,7 +309,7 @@ class CudaGraphBackend:
         for static, t in zip(self.tables, tables):
             static.copy_(t)
         self.position.fill_(self.frames_written)
-        first, filled = self.frames_written == 0, self._ring_state()
+        filled = self._ring_state()
         video = None
         with _attention_kernels(self.cudnn_first):  # kernels are chosen when a graph is captured
             if self.capture:
@@ -300,13 +317,9 @@ class CudaGraphBackend:
                              self.pool)
             else:
                 self._dit(key, filled)
-            if self.decodes and first and self.kind == "vae":
-                video = self._decode_vae_first()
-            elif self.decodes:
+            if self.decodes:
                 video = self._replay("decode", self._decode_step, self.decoder_state) if self.capture \
                     else self._decode_step()
-                assert video is not None
-                video = video[:, :, self.trim:] if first else video
         self.frames_written += self.shape.chunk_frames
         return ChunkResult(self.latents.clone(), to_uint8(video) if video is not None else None)
 
@@ -412,6 +425,7 @@ class OrtBackend:
         for state in self.states if self.decodes else []:
             for s in state:
                 s.zero_()
+        self.reference = reference[:, :, :1].to(self.device, self.dtype).contiguous()
         self.frames_written = 0
 
     def _decode_with(self, name: str, z: torch.Tensor) -> torch.Tensor:
@@ -423,22 +437,21 @@ class OrtBackend:
         self.states = [new, old]
         return self.videos[name]
 
-    def _decode(self, x0: torch.Tensor, first: bool) -> torch.Tensor:
-        c = x0.shape[2]
+    def opening(self) -> ChunkResult:
+        """The stream's latent frame 0, the portrait's latent: the VAE's `first` graph (it takes no state and
+        writes a fresh one), or the tiny decoder's one-frame step from the zero state."""
+        if not self.decodes:
+            return ChunkResult(self.reference.clone(), None)
         if self.kind == "tiny":
-            video = self._decode_with(f"step_{c}", x0)
-            return video[:, :, self.trim:] if first else video
-        if not first:
-            return self._decode_with(f"step_{c}", x0)
-        _, new = self.states  # the first graph takes no state: it writes a fresh one
-        self.decoders["first"].run({"z": x0[:, :, :1].contiguous()},
-                                   {"video": self.videos["first"],
-                                    **{f"{n}": s for n, s in zip(self.state_names, new)}})
-        self.states = list(reversed(self.states))
-        video = self.videos["first"]
-        if c > 1:
-            video = torch.cat([video, self._decode_with(f"step_{c - 1}", x0[:, :, 1:])], 2)
-        return video
+            video = self._decode_with("step_1", self.reference)[:, :, self.trim:]
+        else:
+            _, new = self.states
+            self.decoders["first"].run({"z": self.reference},
+                                       {"video": self.videos["first"],
+                                        **{f"{n}": s for n, s in zip(self.state_names, new)}})
+            self.states = list(reversed(self.states))
+            video = self.videos["first"]
+        return ChunkResult(self.reference.clone(), to_uint8(video))
 
     @torch.no_grad()
     def chunk(self, audio: torch.Tensor, noise: Sequence[torch.Tensor], sigmas: Sequence[float]) -> ChunkResult:
@@ -459,7 +472,7 @@ class OrtBackend:
         latents = x0.to(self.dtype).contiguous()
         self.commit.run({"x0": latents, **cache}, {"new_ring_k": next_k, "new_ring_v": next_v})
         self.rings.reverse()
-        frames = to_uint8(self._decode(latents, self.frames_written == 0)) if self.decodes else None
+        frames = to_uint8(self._decode_with(f"step_{c}", latents)) if self.decodes else None
         self.frames_written += c
         return ChunkResult(x0, frames)
 

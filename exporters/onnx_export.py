@@ -134,11 +134,11 @@ def export_dit(model: DiT, shape: ChunkShape, out: Path) -> dict[str, str]:
 # ----------------------------------------------------------------------------- the decoders
 
 def decoder_frame_counts(kind: str, chunk_frames: int) -> list[int]:
-    """Latent frames per step graph: a chunk, and for the VAE also what follows the first frame of the
-    stream's first chunk (chunk - 1) -- the VAE decodes that first frame alone."""
+    """Latent frames per step graph: a chunk, and for the tiny decoder also the stream's opening frame alone
+    (1) -- the VAE decodes that one with its `first` graph."""
     counts = {chunk_frames}
-    if kind == "vae" and chunk_frames > 1:
-        counts.add(chunk_frames - 1)
+    if kind == "tiny":
+        counts.add(1)
     return sorted(counts)
 
 
@@ -242,6 +242,13 @@ class Bundle:
         if decoder is not None and kind is not None \
                 and fingerprint(decoder) != self.decoder(kind)["fingerprint"]:
             raise BackendError(f"bundle {self.root} holds other {kind} decoder weights than the session's")
+        if kind is not None:
+            missing = [n for n in decoder_frame_counts(kind, shape.chunk_frames)
+                       if f"step_{n}" not in self.decoder(kind)["graphs"]]
+            if missing:
+                raise BackendError(f"bundle {self.root} has no {kind} step graph for {missing} latent frame(s) (an "
+                                   f"earlier exporter's bundle: the stream now opens on the portrait's frame "
+                                   f"alone): export it again")
 
 
 def _tuples(config: dict) -> dict:

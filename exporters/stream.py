@@ -62,6 +62,12 @@ class BackendGenerator(StreamingGenerator):
         self.cache = KVCache(replace(self.cache.config, num_layers=0), batch=1, device=self.device, dtype=self.dtype)
         self.backend.reset(reference.to(self.device, self.dtype))
 
+    def _open(self) -> torch.Tensor:
+        out = self.backend.opening()
+        if self._frames is not None:
+            self._frames.latents, self._frames.frames = out.latents, out.frames
+        return out.latents
+
     def _denoise(self, audio: torch.Tensor) -> torch.Tensor:
         assert self.cache is not None
         c = self.config.chunk_frames

@@ -389,7 +389,9 @@ class Session:
         due = [m for m in w.marks if m[0] <= end]
         w.marks = [m for m in w.marks if m[0] > end]
         audio = np.clip(np.round(chunk.audio * 32768.0), -32768, 32767).astype(np.int16)
-        if gen.frames_written > self.config.chunk_frames:  # the first chunk pays for warm-up: not a measure
+        # the opening frame (the portrait) runs no DiT, and the first generated chunk pays for warm-up: neither
+        # is a measure
+        if gen.frames_written > 1 + self.config.chunk_frames:
             gen.steps = self.steps = self.adaptive.update(compute, chunk.num_frames / self.audio_config.fps)
         self._backlog = gen.pushed - gen.played
         return Segment(chunk.frames.numpy(), audio, chunk.voiced, first_sample, due, chunk.steps, compute, input_at)
@@ -448,7 +450,8 @@ def warm_up(avatar: Avatar, config: SessionConfig) -> int:
     p = next(avatar.model.parameters())
     g = torch.Generator().manual_seed(config.seed)
     reference = torch.randn(1, avatar.model.cfg.in_dim, 1, *avatar.latent_hw, generator=g).to(p.device, p.dtype)
-    chunks = config.window_frames // config.chunk_frames + 1  # the first chunk, the filling ring, a full one
+    # the opening frame, the first generated chunk, the filling ring, a full one
+    chunks = config.window_frames // config.chunk_frames + 2
     seconds = (chunks * config.chunk_frames * gen.audio_config.video_frames_per_latent + 4) / gen.audio_config.fps
     rate = gen.audio_config.sample_rate
     pcm = (0.1 * torch.randn(int(seconds * rate), generator=g)).numpy()

@@ -72,18 +72,19 @@ def test_a_backend_session_streams_what_the_engine_streams_without_text():
 @pytest.mark.timeout(120)
 async def test_a_server_with_a_named_backend_warms_it_up_before_it_listens():
     """Every step level the adaptive rule may pick (2 and 1 below a start of 2), each past a full window of 2:
-    three chunks a level, run before the port opens; /health reports it, and a session then streams."""
+    four chunks a level (the opening frame, the first chunk, the filling ring, a full one), run before the port
+    opens; /health reports it, and a session then streams."""
     avatar = load_avatar(resolution=64)
     config = ServerConfig(port=0, session=SessionConfig(steps=2, window_frames=2, backend="torch"))
     async with serve_local(avatar, config) as server:
-        assert server.state.warm_up_chunks == 6 and server.state.warm_up_s > 0
+        assert server.state.warm_up_chunks == 8 and server.state.warm_up_s > 0
         client = await AvatarClient.connect(server.ws_url, sample_rate=SR)
         await client.send_audio(speech(0.5))
         await client.end_of_utterance()
         frame = await asyncio.wait_for(anext(client.frames()), 60)
         await client.close()
         health = await asyncio.to_thread(_get_json, server.url + "/health")
-    assert frame.width == 64 and health["warm_up"]["chunks"] == 6
+    assert frame.width == 64 and health["warm_up"]["chunks"] == 8
     async with serve_local(avatar, ServerConfig(port=0)) as server:  # the eager engine: nothing to warm
         assert server.state.warm_up_chunks == 0
 

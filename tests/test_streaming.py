@@ -42,12 +42,13 @@ def test_timestamps_and_audio_follow_one_timeline():
     audio = speech(2.0)
     gen.push_audio(audio, SR)
     chunks = list(gen.flush())
-    assert chunks[0].first_frame == 0 and chunks[0].num_frames == 5  # latent 0 -> 1 frame, latent 1 -> 4
+    # the opening: latent 0 is the portrait's own latent, one video frame; then chunks of 2 latents, 8 frames
+    assert chunks[0].first_frame == 0 and chunks[0].num_frames == 1 and chunks[0].latents.shape == (1, 4, 1, 4, 4)
     for a, b in zip(chunks, chunks[1:]):
         assert b.first_frame == a.first_frame + a.num_frames and b.num_frames == 8
     for c in chunks:
         assert len(c.audio) == c.num_frames * SR // AUDIO.fps
-        assert c.latents.shape == (1, 4, 2, 4, 4)
+    assert all(c.latents.shape == (1, 4, 2, 4, 4) for c in chunks[1:])
     played = np.concatenate([c.audio for c in chunks])
     assert np.allclose(played[: len(audio)], audio, atol=1e-4)  # same samples, same order
     assert not played[len(audio):].any()  # silence pads the tail
@@ -116,3 +117,20 @@ def test_frames_come_out_with_a_decoder_and_match_the_pts():
     gen.push_audio(speech(1.0), SR)
     for chunk in gen.flush():
         assert chunk.frames.shape == (chunk.num_frames, 16, 16, 3) and chunk.frames.dtype == torch.uint8
+
+
+def test_a_stream_opens_on_the_portrait_and_generates_from_frame_one():
+    """Latent frame 0 of a training clip is its reference and training windows start at frame 1: a stream
+    opens on the reference latent (no DiT pass, no ring write), and the first generated chunk sees the sink
+    alone -- what training's first chunk of a window sees."""
+    gen = make(chunk=1)
+    reference = torch.randn(1, 4, 1, 4, 4, generator=torch.Generator().manual_seed(5))
+    gen.push_audio(speech(1.0), SR)
+    opening = gen.step()
+    assert torch.equal(opening.latents, reference) and opening.num_frames == 1 and opening.first_frame == 0
+    assert gen.frames_written == 1 and gen.cache.frames_written == 0  # nothing in the ring yet
+    first = gen.step()
+    assert first.first_frame == 1 and first.num_frames == 4
+    assert gen.cache.frames_written == 1 and not torch.equal(first.latents, reference)
+    gen.reset(reference, seed=0)  # a new stream opens on the portrait again
+    assert torch.equal(gen.step(allow_silence=True).latents, reference)

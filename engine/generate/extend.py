@@ -4,7 +4,8 @@ after the frames before it, which are kept as clean history -- or, optionally, l
 (`context_noise`) use to keep errors in the history from being copied forward.
 
   * the causal student (`StudentExtend`): chunk after chunk through the KV cache, each chunk attending to
-    the sink and a rolling window of history -- the StreamingGenerator's step (`student_chunk`);
+    the sink and a rolling window of history -- the StreamingGenerator's step (`student_chunk`); like a
+    stream, a shot opens on its portrait's latent (latent frame 0) and generates from frame 1;
   * the bidirectional teacher (`TeacherExtend`): windows of W latent frames whose first P frames are the
     last P finished frames (held at `history_sigma`, never updated) and whose W − P others are new.
 
@@ -31,6 +32,7 @@ class StudentExtend:
         self.sigmas = sigma_list(steps, shift)
         self.guidance, self.history_sigma, self.chunk_frames = guidance, history_sigma, chunk_frames
         self.latent_shape = (model.cfg.out_dim, *sink.shape[-2:])
+        self.opening: torch.Tensor | None = sink[:, :, :1].clone()  # the shot's portrait: latent frame 0
         grid = model.token_grid(sink.shape[-2:])
         self.cache = KVCache(model.cache_config(grid, sink.shape[2], window_frames), batch=1, device=sink.device,
                              dtype=sink.dtype)
@@ -39,7 +41,7 @@ class StudentExtend:
 
     @property
     def next_frames(self) -> int:
-        return self.chunk_frames
+        return 1 if self.opening is not None else self.chunk_frames
 
     @property
     def held_latent_frames(self) -> int:
@@ -49,6 +51,9 @@ class StudentExtend:
 
     def advance(self, windows: torch.Tensor, known: Known | None = None) -> torch.Tensor:
         """windows [1, c, window, mels] of the next c latent frames -> their latents [1, C, c, h, w]."""
+        if self.opening is not None:  # the shot's first latent frame is its portrait (outside a mask: the source)
+            x0, self.opening = self.opening, None
+            return known.compose(x0) if known is not None else x0
         audio = self.model.encode_audio(windows)
         return student_chunk(self.model, self.cache, audio, self.text_kv, self.sigmas, self.generator,
                              self.latent_shape, self.guidance, self.history_sigma, known)
@@ -59,13 +64,17 @@ class StudentExtend:
     def state_dict(self) -> dict[str, torch.Tensor]:
         c = self.cache
         return {"k": c.k, "v": c.v, "sink_k": c.sink_k, "sink_v": c.sink_v,
-                "frames_written": torch.tensor([c.frames_written])}
+                "frames_written": torch.tensor([c.frames_written]),
+                "opened": torch.tensor([self.opening is None])}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         c = self.cache
         for name in ("k", "v", "sink_k", "sink_v"):
             getattr(c, name).copy_(state[name])
         c.frames_written = int(state["frames_written"][0])
+        # (a checkpoint of an earlier version has no flag: it generated frame 0, so any frame written opened it)
+        if bool(state["opened"][0]) if "opened" in state else c.frames_written > 0:
+            self.opening = None
 
 
 class TeacherExtend:
