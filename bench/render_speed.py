@@ -4,6 +4,7 @@ films the lip-sync, identity and drift figures per minute of each method side by
     python -m bench.render_speed --seconds 20 --threads 2                 # speed: extend and fuse, the student
     python -m bench.render_speed --seconds 10 --teacher T.safetensors     # ... and the teacher rows
     python -m bench.render_speed --minutes 10 --out runs/films            # a 10-minute film per method, scored
+    python -m bench.render_speed --minutes 1 --seed 1 --out runs/films-1  # the same film from other noise
 
 The speech is SynthTalk's (espeak-ng sentences with pauses, engine.data.espeak.speak_clip) with its true
 mouth-opening curve written beside it, so `talkstream eval` scores lip sync against ground truth. Speed is
@@ -59,7 +60,7 @@ def config_for(method: str, model: str, args: argparse.Namespace) -> RenderConfi
     video = LongVideoConfig.for_model(model, method=method, steps=args.teacher_steps if model == "teacher" else None,
                                       history_sigma=args.history_sigma)
     return RenderConfig(video=video, decoder=args.decoder, checkpoint_s=args.checkpoint_s,
-                        measure_joins=args.measure_joins)
+                        measure_joins=args.measure_joins, seed=args.seed)
 
 
 def run(avatar, portrait: Path, audio: Path, out: Path, config: RenderConfig) -> tuple[object, list[float]]:
@@ -126,6 +127,9 @@ def minutes(args: argparse.Namespace, avatar, portrait: Path, audio: Path, folde
                          else "- | - | - | -")
         print(f"| {i} | " + " | ".join(cells) + " |")
     print("| all | " + " | ".join(f"{r.lip_sync.correlation:.3f} | {r.identity:.3f} | - | -" for r in reports.values()) + " |")
+    # drift is against the first 10 s: a window of its own noise (head motion differs with --seed)
+    print("identity over the first 10 s (the drift baseline): " + ", ".join(
+        f"{m} {r.drift[0]['identity_sim'] / (1 + r.drift[0]['identity'] / 100):.3f}" for m, r in reports.items()))
 
 
 def main() -> None:
@@ -142,6 +146,7 @@ def main() -> None:
                     help="measure colour and identity at every join (the joins columns need it)")
     ap.add_argument("--out", default="runs/render-bench")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the render's noise seed (the same speech and portrait)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
