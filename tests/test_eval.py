@@ -86,15 +86,16 @@ def test_shipped_readers_ceiling_and_floor(tmp_path):
 @pytest.mark.skipif(not (MOUTH_READER.exists() and IDENTITY.exists()), reason="no shipped readers yet")
 def test_heldout_rows_include_the_student_per_decoder(tmp_path):
     """engine.eval.heldout on one held-out clip: the ceiling and floor rows, and the student's row once per
-    decoder asked for."""
+    decoder asked for, with and without the true history."""
     from engine.data.synth import synthesize_dataset
     from engine.eval.heldout import Readers, evaluate
     from engine.generate.avatar import AvatarFiles
 
     synthesize_dataset(tmp_path, 2, 2.0, 128, seed=11, eval_fraction=1.0)
     scores = evaluate(str(tmp_path), AvatarFiles(), Readers(*load_readers()), clips=1, steps=(1,),
-                      decoders=("vae", "tiny"))
+                      decoders=("vae", "tiny"), true_history=True)
     assert set(scores) == {"ground truth", "ground truth through the VAE", "wrong audio", "student 1 steps",
-                           "student 1 steps, tiny decoder"}
+                           "student 1 steps, tiny decoder", "student 1 steps, true history",
+                           "student 1 steps, true history, tiny decoder"}
     assert scores["ground truth"]["lip_sync_r"] >= 0.9 > scores["wrong audio"]["lip_sync_r"]
     assert all(scores[row]["clips"] == 1 for row in scores)

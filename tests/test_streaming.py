@@ -134,3 +134,25 @@ def test_a_stream_opens_on_the_portrait_and_generates_from_frame_one():
     assert gen.cache.frames_written == 1 and not torch.equal(first.latents, reference)
     gen.reset(reference, seed=0)  # a new stream opens on the portrait again
     assert torch.equal(gen.step(allow_silence=True).latents, reference)
+
+
+def test_a_chunk_writes_the_given_context_into_the_cache_in_place_of_its_own():
+    """student_chunk(context=...) (the held-out eval's true-history row): the chunk's x̂0 is the same as
+    without it, but the ring holds the keys and values of the given latents, exactly as a clean pass over
+    them writes them."""
+    from engine.generate.streaming import student_chunk
+
+    gen, other = make(), make()
+    audio = gen.model.encode_audio(torch.randn(1, 1, AUDIO.window_mel_frames, AUDIO.n_mels))
+    truth = torch.randn(1, 4, 1, 4, 4, generator=torch.Generator().manual_seed(9))
+    sigmas = sigma_list(2, 5.0)
+    with torch.no_grad():
+        own = student_chunk(gen.model, gen.cache, audio, None, sigmas, torch.Generator().manual_seed(1), (4, 4, 4))
+        forced = student_chunk(other.model, other.cache, audio, None, sigmas, torch.Generator().manual_seed(1),
+                               (4, 4, 4), context=truth)
+        assert torch.equal(own, forced)
+        assert not torch.allclose(gen.cache.k, other.cache.k)
+        direct = make()
+        direct.model(truth, torch.zeros(1, 1), direct.cache.chunk(1, write=True), audio=audio, text_kv=None)
+        direct.cache.advance(1)
+    assert torch.equal(direct.cache.k, other.cache.k) and torch.equal(direct.cache.v, other.cache.v)

@@ -9,6 +9,9 @@ For each clip: the portrait is its first frame; the audio is its audio. Rows:
   * ground truth through the VAE — the clip's frames encoded and decoded: what any generator decoding
     with this VAE can reach at best;
   * student N steps — the StreamingGenerator, chunk by chunk through the KV cache, decoded by the VAE;
+  * student N steps, true history (`--true-history`) — the same, but each chunk's true latents (the clip's
+    frames through the VAE encoder) go into the KV cache instead of what the student made: the rise over the
+    row above is what the student loses to its own history (exposure bias), the rest it loses in each chunk;
   * teacher — the bidirectional DiT over the whole clip (24 Euler steps, audio CFG 2).
 Lip sync: Pearson r of the read opening against the true opening, and the lag at the cross-correlation
 peak. Identity: cosine similarity of each frame's embedding to the portrait's. Silence: the read opening in
@@ -32,7 +35,7 @@ from engine.eval.readers import load_readers
 from engine.generate.avatar import Avatar, AvatarFiles, fit_square, load_avatar
 from engine.generate.decoders import to_uint8
 from engine.generate.offline import generate_clip
-from engine.generate.streaming import StreamConfig
+from engine.generate.streaming import StreamConfig, StreamingGenerator, sigma_list, student_chunk
 from engine.models.dit import emotion_tokens
 
 
@@ -72,6 +75,31 @@ def student_frames(avatar: Avatar, portrait: np.ndarray, clip: ClipArrays, steps
     return torch.cat(frames)
 
 
+class TrueHistory(StreamingGenerator):
+    """A StreamingGenerator whose KV cache holds the clip's true latents [1, C, F, h, w] as history (the
+    student's own chunk where the clip has ended)."""
+
+    def __init__(self, avatar: Avatar, truth: torch.Tensor, steps: int, decoder: str, emotion: int):
+        text = emotion_tokens(torch.tensor([emotion]), avatar.model.cfg.text_dim) if avatar.model.cfg.text_dim else None
+        super().__init__(avatar.model, StreamConfig(steps=steps), decoder=avatar.decoder(decoder), text=text)
+        self.truth = truth.to(self.device, self.dtype)
+
+    def _denoise(self, audio: torch.Tensor) -> torch.Tensor:
+        start, c = self.latents_out, audio.shape[1]
+        truth = self.truth[:, :, start:start + c]
+        return student_chunk(self.model, self.cache, audio, self.text_kv, sigma_list(self.steps, self.config.shift),
+                             self.noise, self.latent_shape, context=truth if truth.shape[2] == c else None)
+
+
+def true_history_frames(avatar: Avatar, portrait: np.ndarray, clip: ClipArrays, truth: torch.Tensor, steps: int,
+                        seed: int, decoder: str = "vae") -> torch.Tensor:
+    gen = TrueHistory(avatar, truth, steps, decoder, int(clip.truth["expression"][0]))
+    gen.reset(avatar.reference(portrait), seed=seed)
+    gen.push_audio(clip.audio, 16000)
+    with torch.no_grad():
+        return torch.cat([c.frames for c in gen.flush()])
+
+
 def teacher_frames(avatar: Avatar, teacher, portrait: np.ndarray, clip: ClipArrays, seed: int) -> torch.Tensor:
     k = avatar.vae.cfg.temporal_stride
     latent_frames = 1 + (len(clip.frames) - 1) // k
@@ -85,9 +113,10 @@ def teacher_frames(avatar: Avatar, teacher, portrait: np.ndarray, clip: ClipArra
 
 def evaluate(data: str, files: AvatarFiles, readers: Readers, clips: int = 16, steps: tuple[int, ...] = (4, 2, 1),
              teacher_path: str = "", device: str = "cpu", seed: int = 0,
-             decoders: tuple[str, ...] = ("vae",)) -> dict[str, dict[str, float]]:
+             decoders: tuple[str, ...] = ("vae",), true_history: bool = False) -> dict[str, dict[str, float]]:
     """The rows of the module doc; the student's rows once per decoder in `decoders` (the VAE's named
-    "student N steps", the tiny decoder's "student N steps, tiny decoder")."""
+    "student N steps", the tiny decoder's "student N steps, tiny decoder"), and with `true_history` each
+    of them again fed the true history ("student N steps, true history[, tiny decoder]")."""
     avatar = load_avatar(files, device=device)
     teacher = None
     if teacher_path:
@@ -108,7 +137,8 @@ def evaluate(data: str, files: AvatarFiles, readers: Readers, clips: int = 16, s
         with torch.no_grad():  # the VAE's own ceiling: the real frames through encode and decode
             p = next(avatar.vae.parameters())
             video = real[:t].permute(3, 0, 1, 2)[None].to(p.device, p.dtype) / 127.5 - 1
-            round_trip = to_uint8(avatar.vae.decode(avatar.vae.encode(video)))
+            truth = avatar.vae.encode(video)
+            round_trip = to_uint8(avatar.vae.decode(truth))
         rows.setdefault("ground truth through the VAE", []).append(score_frames(round_trip, clip, portrait_t, readers))
         n = min(len(clip.frames), len(other.frames))
         rows.setdefault("wrong audio", []).append(score_frames(real[:n], clip, portrait_t, readers,
@@ -118,6 +148,10 @@ def evaluate(data: str, files: AvatarFiles, readers: Readers, clips: int = 16, s
                 frames = student_frames(avatar, portrait, clip, s, seed + i, decoder)
                 name = f"student {s} steps" + ("" if decoder == "vae" else f", {decoder} decoder")
                 rows.setdefault(name, []).append(score_frames(frames, clip, portrait_t, readers))
+                if true_history:
+                    frames = true_history_frames(avatar, portrait, clip, truth, s, seed + i, decoder)
+                    name = f"student {s} steps, true history" + ("" if decoder == "vae" else f", {decoder} decoder")
+                    rows.setdefault(name, []).append(score_frames(frames, clip, portrait_t, readers))
         if teacher is not None:
             frames = teacher_frames(avatar, teacher, portrait, clip, seed + i)
             rows.setdefault("teacher", []).append(score_frames(frames, clip, portrait_t, readers))
@@ -139,13 +173,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clips", type=int, default=16)
     ap.add_argument("--steps", default="4,2,1")
     ap.add_argument("--decoders", default="vae", help="decoders of the student rows, comma-separated: vae, tiny")
+    ap.add_argument("--true-history", action="store_true",
+                    help="also the student rows with the true latents as history (exposure bias apart)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
     mouth, identity = load_readers(args.mouth_reader or None, args.identity or None, args.device)
     scores = evaluate(args.data, AvatarFiles(Path(args.dit), Path(args.vae), Path(args.tiny)), Readers(mouth, identity),
                       args.clips, tuple(int(s) for s in args.steps.split(",") if s), args.teacher, args.device,
-                      decoders=tuple(d for d in args.decoders.split(",") if d))
+                      decoders=tuple(d for d in args.decoders.split(",") if d), true_history=args.true_history)
     text = json.dumps(scores, indent=1)
     print(text)
     if args.out:

@@ -92,12 +92,15 @@ def sigma_list(steps: int, shift: float) -> list[float]:
 
 def student_chunk(model: DiT, cache: KVCache, audio: torch.Tensor, text_kv: list | None, sigmas: list[float],
                   generator: torch.Generator, latent_shape: tuple[int, int, int], guidance: float = 1.0,
-                  history_sigma: float = 0.0, known: "Known | None" = None) -> torch.Tensor:
+                  history_sigma: float = 0.0, known: "Known | None" = None,
+                  context: torch.Tensor | None = None) -> torch.Tensor:
     """One chunk of the causal student through the KV cache (steps 1–3 of the module doc); audio tokens
     [1, c, A, Da] -> x̂0 [1, C, c, h, w]. Two options of the offline renders (engine.generate.extend):
     `history_sigma` > 0 writes the chunk into the cache re-noised to that σ (and at t = 1000σ) instead of
     clean -- SkyReels-V2's noisy history (`addnoise_condition`), Self-Forcing's `context_noise` -- and
-    `known` (engine.generate.windows.Known) keeps the source outside a mask (dubbing). Noise is drawn from
+    `known` (engine.generate.windows.Known) keeps the source outside a mask (dubbing). `context` is written
+    into the cache in place of x̂0 (engine.eval.heldout's true-history row writes the true latents: what the
+    student loses to its own history, exposure bias, apart from what it loses in each chunk). Noise is drawn from
     `generator` in a fixed order: the start, one per re-noising, one per inpainting step, the history's."""
     c = audio.shape[1]
     device, dtype = cache.k.device, cache.k.dtype
@@ -117,10 +120,10 @@ def student_chunk(model: DiT, cache: KVCache, audio: torch.Tensor, text_kv: list
             x = add_noise(x0, noise, sigmas[i + 1])
     if known is not None:
         x0 = known.compose(x0)
-    context, t_context = x0, torch.zeros(1, c, device=device)
+    context, t_context = (x0 if context is None else context), torch.zeros(1, c, device=device)
     if history_sigma > 0:
         noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-        context, t_context = add_noise(x0, noise, history_sigma), t_context + 1000.0 * history_sigma
+        context, t_context = add_noise(context, noise, history_sigma), t_context + 1000.0 * history_sigma
     model(context, t_context, cache.chunk(c, write=True), audio=audio, text_kv=text_kv)
     cache.advance(c)
     return x0
