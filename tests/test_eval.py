@@ -94,7 +94,8 @@ def test_heldout_rows_include_the_student_per_decoder(tmp_path):
     synthesize_dataset(tmp_path, 2, 2.0, 128, seed=11, eval_fraction=1.0)
     scores = evaluate(str(tmp_path), AvatarFiles(), Readers(*load_readers()), clips=1, steps=(1,),
                       decoders=("vae", "tiny"), true_history=True)
-    assert set(scores) == {"ground truth", "ground truth through the VAE", "wrong audio", "student 1 steps",
+    assert set(scores) == {"ground truth", "ground truth through the VAE", "ground truth through the tiny decoder",
+                           "wrong audio", "student 1 steps",
                            "student 1 steps, tiny decoder", "student 1 steps, true history",
                            "student 1 steps, true history, tiny decoder"}
     assert scores["ground truth"]["lip_sync_r"] >= 0.9 > scores["wrong audio"]["lip_sync_r"]

@@ -8,6 +8,8 @@ For each clip: the portrait is its first frame; the audio is its audio. Rows:
   * wrong audio — the clip's frames against another clip's opening curve (the floor: r near 0);
   * ground truth through the VAE — the clip's frames encoded and decoded: what any generator decoding
     with this VAE can reach at best;
+  * ground truth through the tiny decoder (when the tiny decoder is asked for) — the same latents decoded
+    one at a time by the tiny decoder, as streams decode: its ceiling;
   * student N steps — the StreamingGenerator, chunk by chunk through the KV cache, decoded by the VAE;
   * student N steps, true history (`--true-history`) — the same, but each chunk's true latents (the clip's
     frames through the VAE encoder) go into the KV cache instead of what the student made: the rise over the
@@ -140,6 +142,12 @@ def evaluate(data: str, files: AvatarFiles, readers: Readers, clips: int = 16, s
             truth = avatar.vae.encode(video)
             round_trip = to_uint8(avatar.vae.decode(truth))
         rows.setdefault("ground truth through the VAE", []).append(score_frames(round_trip, clip, portrait_t, readers))
+        if "tiny" in decoders:
+            tiny = avatar.decoder("tiny")
+            with torch.no_grad():
+                tiny_trip = torch.cat([tiny.decode(truth[:, :, j:j + 1]) for j in range(truth.shape[2])])
+            rows.setdefault("ground truth through the tiny decoder", []).append(
+                score_frames(tiny_trip, clip, portrait_t, readers))
         n = min(len(clip.frames), len(other.frames))
         rows.setdefault("wrong audio", []).append(score_frames(real[:n], clip, portrait_t, readers,
                                                                other.truth["mouth_open"][:n]))
