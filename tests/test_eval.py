@@ -100,3 +100,20 @@ def test_heldout_rows_include_the_student_per_decoder(tmp_path):
                            "student 1 steps, true history, tiny decoder"}
     assert scores["ground truth"]["lip_sync_r"] >= 0.9 > scores["wrong audio"]["lip_sync_r"]
     assert all(scores[row]["clips"] == 1 for row in scores)
+
+
+@pytest.mark.skipif(not (MOUTH_READER.exists() and IDENTITY.exists()), reason="no shipped readers yet")
+def test_heldout_scores_the_training_pool_when_asked(tmp_path):
+    """`split="train"` scores clips of the training pool (the generalisation gap); a folder without held-out
+    clips says so for the default split."""
+    from engine.data.synth import synthesize_dataset
+    from engine.errors import DataError
+    from engine.eval.heldout import Readers, evaluate
+    from engine.generate.avatar import AvatarFiles
+
+    synthesize_dataset(tmp_path, 1, 2.0, 128, seed=3, eval_fraction=0.0)
+    readers = Readers(*load_readers())
+    scores = evaluate(str(tmp_path), AvatarFiles(), readers, clips=1, steps=(), split="train")
+    assert scores["ground truth"]["clips"] == 1 and scores["ground truth"]["lip_sync_r"] >= 0.9
+    with pytest.raises(DataError, match="no eval clips"):
+        evaluate(str(tmp_path), AvatarFiles(), readers, clips=1, steps=())

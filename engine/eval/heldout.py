@@ -115,21 +115,24 @@ def teacher_frames(avatar: Avatar, teacher, portrait: np.ndarray, clip: ClipArra
 
 def evaluate(data: str, files: AvatarFiles, readers: Readers, clips: int = 16, steps: tuple[int, ...] = (4, 2, 1),
              teacher_path: str = "", device: str = "cpu", seed: int = 0,
-             decoders: tuple[str, ...] = ("vae",), true_history: bool = False) -> dict[str, dict[str, float]]:
+             decoders: tuple[str, ...] = ("vae",), true_history: bool = False,
+             split: str = "eval") -> dict[str, dict[str, float]]:
     """The rows of the module doc; the student's rows once per decoder in `decoders` (the VAE's named
     "student N steps", the tiny decoder's "student N steps, tiny decoder"), and with `true_history` each
-    of them again fed the true history ("student N steps, true history[, tiny decoder]")."""
+    of them again fed the true history ("student N steps, true history[, tiny decoder]"). `split` "train"
+    scores clips of the training pool instead (voices, sentences and identities the models were trained on):
+    the generalisation gap."""
     avatar = load_avatar(files, device=device)
     teacher = None
     if teacher_path:
         from engine.checkpoints.wan import load_dit
 
         teacher = load_dit(teacher_path).to(device).eval()
-    split = SynthTalk(data.split(","), "eval")
+    dataset = SynthTalk(data.split(","), split)
     rows: dict[str, list[dict[str, float]]] = {}
-    for i in range(min(clips, len(split))):
-        clip = split.load(i)
-        other = split.load((i + 1) % len(split))
+    for i in range(min(clips, len(dataset))):
+        clip = dataset.load(i)
+        other = dataset.load((i + 1) % len(dataset))
         portrait = fit_square(clip.frames[0], avatar.resolution)
         portrait_t = torch.from_numpy(portrait)
         real = torch.from_numpy(np.stack([fit_square(f, avatar.resolution) for f in clip.frames]))
@@ -183,13 +186,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--decoders", default="vae", help="decoders of the student rows, comma-separated: vae, tiny")
     ap.add_argument("--true-history", action="store_true",
                     help="also the student rows with the true latents as history (exposure bias apart)")
+    ap.add_argument("--split", default="eval", choices=("eval", "train"),
+                    help="train: clips of the training pool (the generalisation gap), not held-out ones")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
     mouth, identity = load_readers(args.mouth_reader or None, args.identity or None, args.device)
     scores = evaluate(args.data, AvatarFiles(Path(args.dit), Path(args.vae), Path(args.tiny)), Readers(mouth, identity),
                       args.clips, tuple(int(s) for s in args.steps.split(",") if s), args.teacher, args.device,
-                      decoders=tuple(d for d in args.decoders.split(",") if d), true_history=args.true_history)
+                      decoders=tuple(d for d in args.decoders.split(",") if d), true_history=args.true_history,
+                      split=args.split)
     text = json.dumps(scores, indent=1)
     print(text)
     if args.out:
