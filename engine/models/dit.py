@@ -142,6 +142,41 @@ class AudioProjection(nn.Module):
         return self.norm(self.proj3(h).unflatten(-1, (self.tokens, -1)))
 
 
+class ConvAudioEncoder(nn.Module):
+    """A latent frame's log-mel window -> one audio token per video frame (the demo preset's encoder).
+
+    Dilated 1-D convolutions run over mel time (`trunk`): the same weights at every mel frame, so what is learnt
+    of a sound holds wherever it falls in the window and for voices never heard (a flattened-window MLP has to
+    learn each position apart). Each video frame's own mel frames are averaged into its token, then a linear
+    map (`token`) and LayerNorm. The trunk can be pretrained on SynthTalk's mouth tracks
+    (engine.train.audio_encoder) and kept frozen while the DiT learns to read its tokens."""
+
+    def __init__(self, audio: AudioFeatureConfig, channels: int, tokens: int, audio_dim: int):
+        super().__init__()
+        if tokens != audio.video_frames_per_latent:
+            raise ConfigError(f"the conv audio encoder makes one token per video frame: audio_tokens must be "
+                              f"{audio.video_frames_per_latent}, got {tokens}")
+        self.lookback, self.per_token, self.tokens = audio.lookback_mel_frames, audio.mel_frames_per_video_frame, tokens
+        c = channels
+        self.trunk = nn.Sequential(nn.Conv1d(audio.n_mels, c, 3, padding=1), nn.GELU(),
+                                   nn.Conv1d(c, c, 3, padding=1), nn.GELU(),
+                                   nn.Conv1d(c, c, 3, padding=2, dilation=2), nn.GELU(),
+                                   nn.Conv1d(c, c, 3, padding=4, dilation=4), nn.GELU())
+        self.token = nn.Linear(c, audio_dim)
+        self.norm = nn.LayerNorm(audio_dim)
+
+    def features(self, windows: torch.Tensor) -> torch.Tensor:
+        """windows [B, F, window, n_mels] -> trunk features of each video frame [B, F, tokens, channels]."""
+        B, F_, W, M = windows.shape
+        h = self.trunk(windows.reshape(B * F_, W, M).transpose(1, 2))  # [B*F, c, window]
+        own = h[:, :, self.lookback:self.lookback + self.tokens * self.per_token]  # the latent frame's own mel frames
+        return own.unflatten(2, (self.tokens, self.per_token)).mean(3).transpose(1, 2).reshape(B, F_, self.tokens, -1)
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        """windows [B, F, window, n_mels] -> [B, F, tokens, audio_dim]."""
+        return self.norm(self.token(self.features(windows)))
+
+
 # ----------------------------------------------------------------------------- block
 
 class Block(nn.Module):
@@ -210,7 +245,9 @@ class DiT(nn.Module):
                                                 nn.Linear(dim, dim))
         self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-        if cfg.audio_dim:
+        if cfg.audio_dim and cfg.audio_encoder == "conv":
+            self.audio_proj = ConvAudioEncoder(AudioFeatureConfig(), cfg.audio_hidden, cfg.audio_tokens, cfg.audio_dim)
+        elif cfg.audio_dim:
             self.audio_proj = AudioProjection(cfg.audio_in_dim, cfg.audio_hidden, cfg.audio_tokens, cfg.audio_dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.head = Head(dim, math.prod(cfg.patch_size) * cfg.out_dim, cfg.eps)
@@ -304,6 +341,9 @@ def emotion_tokens(expression: torch.Tensor, text_dim: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- configs and presets
 
+AUDIO_ENCODERS = ("mlp", "conv")
+
+
 @dataclass(frozen=True)
 class DiTConfig:
     """Architecture of one DiT. `text_dim` 0 drops the text branch; `audio_dim` 0 drops the audio branch.
@@ -324,6 +364,7 @@ class DiTConfig:
     audio_tokens: int = 32
     audio_hidden: int = 512
     audio_in_dim: int = 0
+    audio_encoder: str = "mlp"  # "mlp": InfiniteTalk's flattened-window projection; "conv": ConvAudioEncoder
 
     def __post_init__(self) -> None:
         if self.dim % self.num_heads:
@@ -334,6 +375,8 @@ class DiTConfig:
             raise ConfigError("temporal patch size must be 1: one latent frame is one attention frame")
         if self.audio_dim and self.audio_in_dim <= 0:
             raise ConfigError("a DiT with audio needs audio_in_dim = window × n_mels of the audio features")
+        if self.audio_encoder not in AUDIO_ENCODERS:
+            raise ConfigError(f"unknown audio_encoder {self.audio_encoder!r}; choose one of {list(AUDIO_ENCODERS)}")
 
     def with_overrides(self, **kw: object) -> "DiTConfig":
         return replace(self, **kw)

@@ -103,6 +103,8 @@ class TrainDiTConfig:
     ode_weight: float = 1.0  # distill: weight of the ODE regression beside the diffusion-forcing term
     fake_lr: float = 1e-4  # selfforce: learning rate of the fake score
     fake_updates: int = 2  # selfforce: fake-score updates per generator update
+    audio_encoder: str = ""  # a pretrained conv audio encoder (engine.train.audio_encoder) replacing init's
+    train_audio_trunk: bool = False  # a conv encoder's trunk stays as pretrained unless this is set
     max_clips: int = 0
     fsdp: bool = False  # under torchrun: shard the model over the processes (FSDP2), sharded checkpoints
     latents: str = ""  # a cache of the encoded split (safetensors), shared by the stages of one run
@@ -200,6 +202,24 @@ def latent_clips(cfg: "TrainDiTConfig", device: str) -> LatentClips:
                   metadata={"vae": cfg.vae, "data": cfg.data})
         tmp.replace(cfg.latents)
     return clips
+
+
+def with_audio_encoder(model: DiT, path: str) -> DiT:
+    """`model` with its audio projection replaced by the conv encoder pretrained at `path`
+    (engine.train.audio_encoder); every other weight is kept."""
+    state = read_state(path)
+    if "token.weight" not in state or not any(k.startswith("trunk.") for k in state):
+        raise ConfigError(f"{path} is not an audio encoder of engine.train.audio_encoder (no trunk.*/token.*)")
+    audio_dim, channels = state["token.weight"].shape
+    if audio_dim != model.cfg.audio_dim:
+        raise ConfigError(f"{path} makes {audio_dim}-dim tokens; the DiT reads {model.cfg.audio_dim}: pretrain it "
+                          f"with --audio-dim {model.cfg.audio_dim}")
+    swapped = DiT(replace(model.cfg, audio_encoder="conv", audio_hidden=channels))
+    kept = {k: v for k, v in model.state_dict().items() if not k.startswith("audio_proj.")}
+    missing, unexpected = swapped.load_state_dict(kept, strict=False)
+    assert not unexpected and all(k.startswith("audio_proj.") for k in missing), (missing, unexpected)
+    swapped.audio_proj.load_state_dict(state)
+    return swapped
 
 
 # ----------------------------------------------------------------------------- pieces of a step
@@ -330,7 +350,11 @@ def train(cfg: TrainDiTConfig) -> dict[str, float]:
     model = load_dit(cfg.init) if cfg.init else DiT(replace(dit_config(cfg.preset), in_dim=z, out_dim=z))
     if model.cfg.in_dim != z:  # a wider VAE than the one `init` was trained on: its weights, widened (Net2Net)
         model = widen_dit(model, z)
+    if cfg.audio_encoder:
+        model = with_audio_encoder(model, cfg.audio_encoder)
     model = model.to(device).train()
+    if model.cfg.audio_encoder == "conv" and not cfg.train_audio_trunk:
+        model.audio_proj.trunk.requires_grad_(False)
     sharded = distributed and cfg.fsdp
     resume = json.loads((out / "state.json").read_text()) if (out / "state.json").exists() else None
     if resume is not None and not resume.get("sharded"):
