@@ -31,6 +31,9 @@ def test_one_token_per_video_frame_each_read_from_its_own_mel_frames():
     w2[:, :, -2:] += 5
     diff = (enc.features(w2) - enc.features(w)).abs().sum((0, 1, 3))
     assert diff[-1] > 0 and diff[0] == 0
+    # silence sounds the same in every video frame, yet its tokens still say which frame they are
+    silent = enc(torch.full((1, 1, AUDIO.window_mel_frames, AUDIO.n_mels), AUDIO.silence))[0, 0]
+    assert torch.cdist(silent, silent).triu(1)[torch.ones(4, 4).triu(1).bool()].min() > 0.1
     # each latent frame's window is encoded on its own: frames never mix (streaming = whole clip)
     assert torch.allclose(enc(w[:, 1:2]), enc(w)[:, 1:2], atol=1e-6)
 
@@ -111,3 +114,21 @@ def test_the_student_trains_with_the_pretrained_trunk_frozen(pretrained, tmp_pat
     enc = read_state(cfg.out)
     assert all(torch.equal(out[f"audio_proj.{k}"], enc[k]) for k in enc if k.startswith("trunk."))
     assert not torch.equal(out["audio_proj.token.weight"], enc["token.weight"])  # the token map trains
+    # a later stage from conv weights keeps their own token map, even when the recipe names the encoder again
+    student = load_dit(tmp_path / "student" / "final.safetensors")
+    with torch.no_grad():
+        student.audio_proj.token.weight += 1.0  # tell its map from the pretrained one
+    save_dit(tmp_path / "moved.safetensors", student)
+    train_dit(replace(run, out=str(tmp_path / "again"), init=str(tmp_path / "moved.safetensors"), steps=1))
+    again = load_dit(tmp_path / "again" / "final.safetensors").state_dict()["audio_proj.token.weight"]
+    assert (again - student.audio_proj.token.weight).abs().max() < 1e-3
+    assert (again - enc["token.weight"]).abs().min() > 0.5
+
+
+def test_the_mlp_front_end_trains_alike_for_comparison(tmp_path):
+    cfg = AudioEncoderConfig(out=str(tmp_path / "mlp.safetensors"), clips=8, eval_clips=4, seconds=2.0, epochs=2,
+                             batch=16, encoder="mlp", workers=1)
+    metrics = train(cfg)
+    assert set(metrics) >= {"r_open", "r_width", "r_round"} and "proj1.weight" in read_state(cfg.out)
+    with pytest.raises(ConfigError, match="match-dit"):
+        replace(cfg, match_dit="x.safetensors")

@@ -148,7 +148,8 @@ class ConvAudioEncoder(nn.Module):
     Dilated 1-D convolutions run over mel time (`trunk`): the same weights at every mel frame, so what is learnt
     of a sound holds wherever it falls in the window and for voices never heard (a flattened-window MLP has to
     learn each position apart). Each video frame's own mel frames are averaged into its token, then a linear
-    map (`token`) and LayerNorm. The trunk can be pretrained on SynthTalk's mouth tracks
+    map (`token`), a learnt embedding of the token's place in the latent frame (`position`: the audio
+    attention is blind to order, and a latent frame holds several video frames), and LayerNorm. The trunk can be pretrained on SynthTalk's mouth tracks
     (engine.train.audio_encoder) and kept frozen while the DiT learns to read its tokens."""
 
     def __init__(self, audio: AudioFeatureConfig, channels: int, tokens: int, audio_dim: int):
@@ -163,6 +164,7 @@ class ConvAudioEncoder(nn.Module):
                                    nn.Conv1d(c, c, 3, padding=2, dilation=2), nn.GELU(),
                                    nn.Conv1d(c, c, 3, padding=4, dilation=4), nn.GELU())
         self.token = nn.Linear(c, audio_dim)
+        self.position = nn.Parameter(torch.randn(tokens, audio_dim))
         self.norm = nn.LayerNorm(audio_dim)
 
     def features(self, windows: torch.Tensor) -> torch.Tensor:
@@ -174,7 +176,7 @@ class ConvAudioEncoder(nn.Module):
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         """windows [B, F, window, n_mels] -> [B, F, tokens, audio_dim]."""
-        return self.norm(self.token(self.features(windows)))
+        return self.norm(self.token(self.features(windows)) + self.position)
 
 
 # ----------------------------------------------------------------------------- block

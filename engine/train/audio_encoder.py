@@ -9,11 +9,11 @@ data → trunk → token map → save (`python -m engine.train.audio_encoder --o
   * trunk — the ConvAudioEncoder's convolutions, with a linear read-out per video frame, learn to predict the
     three mouth curves (standardised) from each latent frame's log-mel window: what the DiT needs to know of
     the audio, learnt from a direct signal instead of through the diffusion loss.
-  * token map (with `--match-dit D`) — the encoder's `token` linear and LayerNorm are fitted, trunk frozen, to
+  * token map (with `--match-dit D`) — the encoder's `token` linear, `position` and LayerNorm are fitted, trunk frozen, to
     reproduce the audio tokens of an existing DiT's audio projection, so a trained DiT can switch encoder
     (`talkstream train ... --audio-encoder FILE`) and start from what it did before.
 
-The file holds the encoder's weights (`trunk.*`, `token.*`, `norm.*`, as in `DiT.audio_proj`), and its metadata
+The file holds the encoder's weights (`trunk.*`, `token.*`, `position`, `norm.*`, as in `DiT.audio_proj`), and its metadata
 the config and the held-out figures: Pearson r per clip of each predicted mouth curve, averaged over clips.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch.nn as nn
 from engine.audio.features import AudioFeatureConfig, latent_audio_windows, log_mel
 from engine.checkpoints.io import save_state
 from engine.errors import ConfigError
-from engine.models.dit import ConvAudioEncoder
+from engine.models.dit import AudioProjection, ConvAudioEncoder, dit_config
 
 CURVES = ("open", "width", "round")
 
@@ -49,11 +49,16 @@ class AudioEncoderConfig:
     lr: float = 1e-3
     match_dit: str = ""  # fit the token map to this DiT's audio tokens
     match_epochs: int = 6
+    encoder: str = "conv"  # "mlp": the flattened-window projection of the DiT's "mlp" encoder, trained alike to compare
     workers: int = 2
 
     def __post_init__(self) -> None:
         if not self.out:
             raise ConfigError("name the output file: --out FILE.safetensors")
+        if self.encoder not in ("conv", "mlp"):
+            raise ConfigError(f"encoder must be conv or mlp, got {self.encoder!r}")
+        if self.encoder == "mlp" and self.match_dit:
+            raise ConfigError("--match-dit fits the conv encoder's token map; drop it with --encoder mlp")
         if min(self.clips, self.eval_clips, self.epochs) < 1:
             raise ConfigError("clips, eval_clips and epochs must each be at least 1")
 
@@ -109,19 +114,29 @@ def _batches(n: int, batch: int, g: torch.Generator):
         yield order[i:i + batch]
 
 
-def train_trunk(encoder: ConvAudioEncoder, windows: torch.Tensor, targets: torch.Tensor, cfg: AudioEncoderConfig,
-                g: torch.Generator) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
-    """Trunk + a linear read-out of the three curves (standardised). Returns (read-out, mean, std)."""
+def front(encoder: ConvAudioEncoder | AudioProjection, windows: torch.Tensor) -> torch.Tensor:
+    """What the read-out sees of windows [N, window, n_mels]: the conv trunk's features per video frame, or the
+    MLP's tokens (it has no other per-frame features), [N, k, ·]."""
+    if isinstance(encoder, ConvAudioEncoder):
+        return encoder.features(windows[:, None])[:, 0]
+    return encoder(windows[:, None])[:, 0]
+
+
+def train_trunk(encoder: ConvAudioEncoder | AudioProjection, windows: torch.Tensor, targets: torch.Tensor,
+                cfg: AudioEncoderConfig, g: torch.Generator) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
+    """Trunk (or the whole MLP) + a linear read-out of the three curves (standardised). Returns (read-out, mean,
+    std)."""
     mean, std = targets.mean((0, 1)), targets.std((0, 1)).clamp(min=1e-3)
-    readout = nn.Linear(encoder.token.in_features, len(CURVES))
-    params = list(encoder.trunk.parameters()) + list(readout.parameters())
+    conv = isinstance(encoder, ConvAudioEncoder)
+    readout = nn.Linear(encoder.token.in_features if conv else encoder.norm.normalized_shape[0], len(CURVES))
+    params = list((encoder.trunk if conv else encoder).parameters()) + list(readout.parameters())
     opt = torch.optim.AdamW(params, cfg.lr, weight_decay=1e-4)
     steps = cfg.epochs * -(-len(windows) // cfg.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps, pct_start=0.05)
     for epoch in range(cfg.epochs):
         t0, total = time.perf_counter(), 0.0
         for idx in _batches(len(windows), cfg.batch, g):
-            loss = ((readout(encoder.features(windows[idx][:, None]))[:, 0] - (targets[idx] - mean) / std) ** 2).mean()
+            loss = ((readout(front(encoder, windows[idx])) - (targets[idx] - mean) / std) ** 2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -141,14 +156,15 @@ def fit_token_map(encoder: ConvAudioEncoder, windows: torch.Tensor, tokens: torc
 
     def r2() -> float:
         with torch.no_grad():
-            return float(1 - ((encoder.norm(encoder.token(feats)) - tokens) ** 2).mean() / tokens.var((0, 1)).mean())
+            return float(1 - ((encoder.norm(encoder.token(feats) + encoder.position) - tokens) ** 2).mean()
+                         / tokens.var(0).mean())
 
     start = r2()
-    params = list(encoder.token.parameters()) + list(encoder.norm.parameters())
+    params = list(encoder.token.parameters()) + [encoder.position] + list(encoder.norm.parameters())
     opt = torch.optim.AdamW(params, cfg.lr, weight_decay=0.0)
     for epoch in range(cfg.match_epochs):
         for idx in _batches(len(feats), cfg.batch, g):
-            loss = ((encoder.norm(encoder.token(feats[idx])) - tokens[idx]) ** 2).mean()
+            loss = ((encoder.norm(encoder.token(feats[idx]) + encoder.position) - tokens[idx]) ** 2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -158,10 +174,10 @@ def fit_token_map(encoder: ConvAudioEncoder, windows: torch.Tensor, tokens: torc
 
 
 @torch.no_grad()
-def evaluate(encoder: ConvAudioEncoder, readout: nn.Linear, mean: torch.Tensor, std: torch.Tensor,
+def evaluate(encoder: ConvAudioEncoder | AudioProjection, readout: nn.Linear, mean: torch.Tensor, std: torch.Tensor,
              windows: torch.Tensor, targets: torch.Tensor, clips: int) -> dict[str, float]:
     """Held-out Pearson r per curve (per clip along time, averaged over clips)."""
-    pred = readout(encoder.features(windows[:, None])[:, 0]) * std + mean  # [N·L, k, 3]
+    pred = readout(front(encoder, windows)) * std + mean  # [N·L, k, 3]
     pred, truth = pred.reshape(clips, -1, len(CURVES)), targets.reshape(clips, -1, len(CURVES))
     return {f"r_{c}": round(float(pearson_per_clip(pred[..., i], truth[..., i])), 4) for i, c in enumerate(CURVES)}
 
@@ -176,7 +192,11 @@ def train(cfg: AudioEncoderConfig) -> dict[str, float]:
     print(json.dumps({"stage": "data", "train_windows": len(train_w), "eval_windows": len(eval_w),
                       "s": round(time.perf_counter() - t0, 1)}), flush=True)
     audio = AudioFeatureConfig()
-    encoder = ConvAudioEncoder(audio, cfg.channels, audio.video_frames_per_latent, cfg.audio_dim)
+    if cfg.encoder == "conv":
+        encoder = ConvAudioEncoder(audio, cfg.channels, audio.video_frames_per_latent, cfg.audio_dim)
+    else:  # the demo preset's MLP, as wide as the DiT has it
+        demo = dit_config("demo")
+        encoder = AudioProjection(demo.audio_in_dim, demo.audio_hidden, audio.video_frames_per_latent, cfg.audio_dim)
     readout, mean, std = train_trunk(encoder, train_w, train_y, cfg, g)
     metrics = evaluate(encoder, readout, mean, std, eval_w, eval_y, cfg.eval_clips)
     if cfg.match_dit:

@@ -103,7 +103,8 @@ class TrainDiTConfig:
     ode_weight: float = 1.0  # distill: weight of the ODE regression beside the diffusion-forcing term
     fake_lr: float = 1e-4  # selfforce: learning rate of the fake score
     fake_updates: int = 2  # selfforce: fake-score updates per generator update
-    audio_encoder: str = ""  # a pretrained conv audio encoder (engine.train.audio_encoder) replacing init's
+    audio_encoder: str = ""  # a pretrained conv audio encoder (engine.train.audio_encoder) replacing the MLP
+    # projection of `init` (an init that has a conv encoder keeps its own: it was trained with it)
     train_audio_trunk: bool = False  # a conv encoder's trunk stays as pretrained unless this is set
     max_clips: int = 0
     fsdp: bool = False  # under torchrun: shard the model over the processes (FSDP2), sharded checkpoints
@@ -350,7 +351,7 @@ def train(cfg: TrainDiTConfig) -> dict[str, float]:
     model = load_dit(cfg.init) if cfg.init else DiT(replace(dit_config(cfg.preset), in_dim=z, out_dim=z))
     if model.cfg.in_dim != z:  # a wider VAE than the one `init` was trained on: its weights, widened (Net2Net)
         model = widen_dit(model, z)
-    if cfg.audio_encoder:
+    if cfg.audio_encoder and model.cfg.audio_encoder != "conv":
         model = with_audio_encoder(model, cfg.audio_encoder)
     model = model.to(device).train()
     if model.cfg.audio_encoder == "conv" and not cfg.train_audio_trunk:
