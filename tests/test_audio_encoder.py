@@ -79,7 +79,7 @@ def pretrained(tmp_path_factory):
 def test_pretraining_learns_the_mouth_from_audio_and_records_its_figures(pretrained):
     root, cfg, metrics = pretrained
     # 24 clips and 8 epochs already read the held-out mouth opening (a random trunk reads ~0)
-    assert metrics["r_open"] > 0.3, metrics
+    assert metrics["espeak_r_open"] > 0.3, metrics
     meta = read_metadata(cfg.out)
     assert json.loads(meta["metrics"]) == metrics and json.loads(meta["recipe"])["channels"] == 16
     state = read_state(cfg.out)
@@ -126,9 +126,13 @@ def test_the_student_trains_with_the_pretrained_trunk_frozen(pretrained, tmp_pat
 
 
 def test_the_mlp_front_end_trains_alike_for_comparison(tmp_path):
-    cfg = AudioEncoderConfig(out=str(tmp_path / "mlp.safetensors"), clips=8, eval_clips=4, seconds=2.0, epochs=2,
-                             batch=16, encoder="mlp", workers=1)
+    cfg = AudioEncoderConfig(out=str(tmp_path / "mlp.safetensors"), clips=8, eval_clips=3, seconds=3.0, epochs=2,
+                             batch=16, encoder="mlp", sources="espeak,flite,real", eval_sources="espeak,real",
+                             workers=1)
     metrics = train(cfg)
-    assert set(metrics) >= {"r_open", "r_width", "r_round"} and "proj1.weight" in read_state(cfg.out)
+    assert {f"{s}_r_{c}" for s in ("espeak", "real") for c in ("open", "width", "round")} <= set(metrics)
+    assert "proj1.weight" in read_state(cfg.out)
+    with pytest.raises(ConfigError, match="unknown speech sources"):
+        replace(cfg, eval_sources="espeak,opera")
     with pytest.raises(ConfigError, match="match-dit"):
         replace(cfg, match_dit="x.safetensors")

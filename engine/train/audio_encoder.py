@@ -2,10 +2,11 @@
 
 data → trunk → token map → save (`python -m engine.train.audio_encoder --out FILE`):
 
-  * data — SynthTalk's speech (espeak-ng voices and grammar sentences of each split, with pauses) and the
-    mouth track the renderer would draw for it (engine.data.visemes): opening, width and rounding per video
-    frame. No frames are rendered, so thousands of clips take a minute on two cores. The eval clips come from
-    the held-out split (voices and sentences never trained on).
+  * data — SynthTalk's speech (espeak-ng voices and grammar sentences of each split, with pauses; with
+    `--sources`, also flite's voices and the recorded asterisk prompts, in SynthTalk's shares) and the mouth
+    track the renderer would draw for it (engine.data.visemes): opening, width and rounding per video frame. No
+    frames are rendered, so thousands of clips take a minute on two cores. The eval clips come from the
+    held-out split (voices, sentences and prompts never trained on), one set per source of `--eval-sources`.
   * trunk — the ConvAudioEncoder's convolutions, with a linear read-out per video frame, learn to predict the
     three mouth curves (standardised) from each latent frame's log-mel window: what the DiT needs to know of
     the audio, learnt from a direct signal instead of through the diffusion loss.
@@ -14,7 +15,8 @@ data → trunk → token map → save (`python -m engine.train.audio_encoder --o
     (`talkstream train ... --audio-encoder FILE`) and start from what it did before.
 
 The file holds the encoder's weights (`trunk.*`, `token.*`, `position`, `norm.*`, as in `DiT.audio_proj`), and its metadata
-the config and the held-out figures: Pearson r per clip of each predicted mouth curve, averaged over clips.
+the config and the held-out figures: Pearson r per clip of each predicted mouth curve, averaged over clips
+(`espeak_r_open`, …, `real_r_open`, …).
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ class AudioEncoderConfig:
     clips: int = 3000  # training clips of 4 s (SynthTalk's train split)
     eval_clips: int = 400  # held-out clips (the eval split: voices and sentences never trained on)
     seconds: float = 4.0
+    sources: str = "espeak"  # training speech, comma-separated among engine.data.synth.SOURCES
+    eval_sources: str = "espeak"  # one held-out set per source
     seed: int = 0
     eval_seed: int = 11
     channels: int = 128
@@ -59,27 +63,34 @@ class AudioEncoderConfig:
             raise ConfigError(f"encoder must be conv or mlp, got {self.encoder!r}")
         if self.encoder == "mlp" and self.match_dit:
             raise ConfigError("--match-dit fits the conv encoder's token map; drop it with --encoder mlp")
+        from engine.data.synth import SOURCES
+
+        unknown = set(self.sources.split(",") + self.eval_sources.split(",")) - set(SOURCES)
+        if unknown:
+            raise ConfigError(f"unknown speech sources {sorted(unknown)}; choose among {list(SOURCES)}")
         if min(self.clips, self.eval_clips, self.epochs) < 1:
             raise ConfigError("clips, eval_clips and epochs must each be at least 1")
 
 
 # ----------------------------------------------------------------------------- data: speech and mouth tracks
 
-def _speech_and_track(job: tuple[int, int, str, float]) -> tuple[np.ndarray, np.ndarray]:
+def _speech_and_track(job: tuple[int, int, str, float, tuple[str, ...]]) -> tuple[np.ndarray, np.ndarray]:
     from engine.data.espeak import Espeak
-    from engine.data.synth import FPS, speak
+    from engine.data.synth import FPS, pick_source, speak
     from engine.data.visemes import mouth_track
 
-    i, seed, split, seconds = job
+    i, seed, split, seconds, sources = job
     rng = np.random.default_rng([seed, i])
-    audio, phonemes, _, _, phoneset = speak(Espeak(), rng, seconds, split)
+    audio, phonemes, _, _, phoneset = speak(Espeak(), rng, seconds, split, pick_source(rng, sources))
     track = mouth_track(phonemes, seconds, FPS, phoneset=phoneset)
     return audio.astype(np.float32), np.stack([getattr(track, c) for c in CURVES], 1).astype(np.float32)
 
 
-def speech_tracks(clips: int, seed: int, split: str, seconds: float, workers: int) -> tuple[np.ndarray, np.ndarray]:
-    """(audio [N, samples] at 16 kHz, mouth curves [N, frames, 3]) of `clips` SynthTalk utterances of `split`."""
-    jobs = [(i, seed, split, seconds) for i in range(clips)]
+def speech_tracks(clips: int, seed: int, split: str, seconds: float, workers: int,
+                  sources: tuple[str, ...] = ("espeak",)) -> tuple[np.ndarray, np.ndarray]:
+    """(audio [N, samples] at 16 kHz, mouth curves [N, frames, 3]) of `clips` SynthTalk utterances of `split`,
+    each from one of `sources` (SynthTalk's shares)."""
+    jobs = [(i, seed, split, seconds, tuple(sources)) for i in range(clips)]
     if workers > 1:
         import multiprocessing as mp
 
@@ -175,22 +186,24 @@ def fit_token_map(encoder: ConvAudioEncoder, windows: torch.Tensor, tokens: torc
 
 @torch.no_grad()
 def evaluate(encoder: ConvAudioEncoder | AudioProjection, readout: nn.Linear, mean: torch.Tensor, std: torch.Tensor,
-             windows: torch.Tensor, targets: torch.Tensor, clips: int) -> dict[str, float]:
-    """Held-out Pearson r per curve (per clip along time, averaged over clips)."""
+             windows: torch.Tensor, targets: torch.Tensor, clips: int, source: str) -> dict[str, float]:
+    """Held-out Pearson r per curve (per clip along time, averaged over clips), named after the source."""
     pred = readout(front(encoder, windows)) * std + mean  # [N·L, k, 3]
     pred, truth = pred.reshape(clips, -1, len(CURVES)), targets.reshape(clips, -1, len(CURVES))
-    return {f"r_{c}": round(float(pearson_per_clip(pred[..., i], truth[..., i])), 4) for i, c in enumerate(CURVES)}
+    return {f"{source}_r_{c}": round(float(pearson_per_clip(pred[..., i], truth[..., i])), 4) for i, c in enumerate(CURVES)}
 
 
 def train(cfg: AudioEncoderConfig) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    train_w, train_y = windows_and_targets(*speech_tracks(cfg.clips, cfg.seed, "train", cfg.seconds, cfg.workers))
-    eval_w, eval_y = windows_and_targets(*speech_tracks(cfg.eval_clips, cfg.eval_seed, "eval", cfg.seconds,
-                                                        cfg.workers))
-    print(json.dumps({"stage": "data", "train_windows": len(train_w), "eval_windows": len(eval_w),
-                      "s": round(time.perf_counter() - t0, 1)}), flush=True)
+    train_w, train_y = windows_and_targets(*speech_tracks(cfg.clips, cfg.seed, "train", cfg.seconds, cfg.workers,
+                                                          tuple(cfg.sources.split(","))))
+    held_out = {source: windows_and_targets(*speech_tracks(cfg.eval_clips, cfg.eval_seed, "eval", cfg.seconds,
+                                                           cfg.workers, (source,)))
+                for source in cfg.eval_sources.split(",")}
+    print(json.dumps({"stage": "data", "train_windows": len(train_w), "s": round(time.perf_counter() - t0, 1)}),
+          flush=True)
     audio = AudioFeatureConfig()
     if cfg.encoder == "conv":
         encoder = ConvAudioEncoder(audio, cfg.channels, audio.video_frames_per_latent, cfg.audio_dim)
@@ -198,7 +211,9 @@ def train(cfg: AudioEncoderConfig) -> dict[str, float]:
         demo = dit_config("demo")
         encoder = AudioProjection(demo.audio_in_dim, demo.audio_hidden, audio.video_frames_per_latent, cfg.audio_dim)
     readout, mean, std = train_trunk(encoder, train_w, train_y, cfg, g)
-    metrics = evaluate(encoder, readout, mean, std, eval_w, eval_y, cfg.eval_clips)
+    metrics = {}
+    for source, (eval_w, eval_y) in held_out.items():
+        metrics |= evaluate(encoder, readout, mean, std, eval_w, eval_y, cfg.eval_clips, source)
     if cfg.match_dit:
         from engine.checkpoints.wan import load_dit
 
