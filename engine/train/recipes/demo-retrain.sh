@@ -8,9 +8,12 @@
 #   DISTILL_S=330 bash engine/train/recipes/demo-retrain.sh distill  # again: the distillation resumes where it stopped
 # A stage called again on the warm machine resumes from its last checkpoint in /tmp (the teacher, for a longer run).
 # TEACHER_INIT / DISTILL_INIT / TINY_INIT name other starting weights (a carried file); TINY=0 trains the teacher alone.
-# AUDIO_ENCODER names a pretrained conv audio encoder (`demo-retrain.sh audio` makes one in /tmp from SynthTalk's
-# mouth tracks on the CPU cores, ~1 min): the teacher and the distillation then switch their init to it
-# (engine/train/audio_encoder.py; not in the shipped model yet, docs/demo-model.md says why).
+# AUDIO_ENCODER names a pretrained conv audio encoder, carried: the DiT stages switch an init that has the MLP
+# projection to it (engine/train/audio_encoder.py; not in the shipped model yet, docs/demo-model.md says why). It is
+# pretrained on the CPU machine, whose packages (.ci/run) give the flite voices and the recorded prompts the GPU
+# machine lacks (~7 min on 2 cores):
+#   python -m engine.train.audio_encoder --out runs/carry/audio-encoder.safetensors --sources espeak,flite,real \
+#     --eval-sources espeak,real --match-dit engine/assets/demo-dit.safetensors
 # Alone, the teacher runs ~3x faster: 6,300 steps in 446 s on 2026-12-06 against 1,713 in 339 s beside the tiny
 # decoder (2026-12-05). The fifth demo model's run (one H100, back to back on one warm machine):
 #   TINY=0 END_S=555 demo-retrain.sh teacher
@@ -104,12 +107,6 @@ case $1 in
     half "$(newest /tmp/distill)" "$OUT/distill.safetensors"
     tail -n 3 /tmp/distill/log.jsonl > "$OUT/distill-log-tail.txt"
     stamp distill ;;
-  audio)  # the conv audio encoder, pretrained on SynthTalk's mouth tracks (audio only), its token map fitted to the
-          # shipped DiT's tokens
-    python3 -m engine.train.audio_encoder --out /tmp/audio-encoder.safetensors --workers "$(( $(nproc) - 1 ))" \
-      --match-dit engine/assets/demo-dit.safetensors > "$OUT/audio-encoder.txt" 2>&1
-    cp /tmp/audio-encoder.safetensors "$OUT/"
-    stamp audio ;;
-  *) echo "usage: demo-retrain.sh vae|teacher|tiny|distill|audio" >&2; exit 2 ;;
+  *) echo "usage: demo-retrain.sh vae|teacher|tiny|distill" >&2; exit 2 ;;
 esac
 ls -la "$OUT"
