@@ -14,8 +14,15 @@ from engine.data.synth import synthesize_dataset
 from engine.errors import ConfigError
 from engine.models.dit import ConvAudioEncoder, DiT, dit_config
 from engine.models.vae import CausalVAE, vae_config
-from engine.train.audio_encoder import AudioEncoderConfig, pearson_per_clip, speech_tracks, train, windows_and_targets
-from engine.train.dit import TRAIN_PRESETS, Phase, train as train_dit, with_audio_encoder
+from engine.train.audio_encoder import (
+    AudioEncoderConfig,
+    pearson_per_clip,
+    speech_tracks,
+    train,
+    windows_and_targets,
+)
+from engine.train.dit import TRAIN_PRESETS, Phase, with_audio_encoder
+from engine.train.dit import train as train_dit
 
 AUDIO = AudioFeatureConfig()
 
@@ -77,7 +84,7 @@ def pretrained(tmp_path_factory):
 
 
 def test_pretraining_learns_the_mouth_from_audio_and_records_its_figures(pretrained):
-    root, cfg, metrics = pretrained
+    _, cfg, metrics = pretrained
     # 24 clips and 8 epochs already read the held-out mouth opening (a random trunk reads ~0)
     assert metrics["espeak_r_open"] > 0.3, metrics
     meta = read_metadata(cfg.out)
