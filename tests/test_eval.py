@@ -117,3 +117,22 @@ def test_heldout_scores_the_training_pool_when_asked(tmp_path):
     assert scores["ground truth"]["clips"] == 1 and scores["ground truth"]["lip_sync_r"] >= 0.9
     with pytest.raises(DataError, match="no eval clips"):
         evaluate(str(tmp_path), AvatarFiles(), readers, clips=1, steps=())
+
+
+def test_heldout_student_rows_take_the_audio_guidance(tmp_path):
+    """`audio_guidance` reaches the student's sessions: the same seed gives the same frames at one scale and
+    other frames at another (the audio-dropped pass changes each step)."""
+    from engine.data.synth import synthesize_dataset
+    from engine.data.synthtalk import SynthTalk
+    from engine.eval.heldout import student_frames
+    from engine.generate.avatar import AvatarFiles, fit_square, load_avatar
+
+    synthesize_dataset(tmp_path, 1, 1.0, 128, seed=5, eval_fraction=1.0)
+    clip = SynthTalk([str(tmp_path)], "eval").load(0)
+    avatar = load_avatar(AvatarFiles(), device="cpu")
+    portrait = fit_square(clip.frames[0], avatar.resolution)
+    plain = student_frames(avatar, portrait, clip, 1, seed=0, decoder="tiny")
+    again = student_frames(avatar, portrait, clip, 1, seed=0, decoder="tiny", audio_guidance=1.0)
+    guided = student_frames(avatar, portrait, clip, 1, seed=0, decoder="tiny", audio_guidance=2.0)
+    assert torch.equal(plain, again)
+    assert guided.shape == plain.shape and not torch.equal(guided, plain)
