@@ -39,7 +39,7 @@ newest() {  # a stage's final weights or, if a timeout cut it, its last checkpoi
 }
 VAE=${VAE:-$( [ -f /tmp/vae/final.safetensors ] && echo /tmp/vae/final.safetensors || echo engine/assets/demo-vae.safetensors )}
 LATENTS=/tmp/latents.safetensors
-TEACHER=/tmp/teacher/final.safetensors
+TEACHER=${TEACHER:-/tmp/teacher/final.safetensors}
 READER=engine/assets/mouth-reader.safetensors
 ensure_synth() {
   if [ ! -f /tmp/synthtalk.done ]; then synth "${CLIPS:-1200}" > "$OUT/synth.log" 2>&1; touch /tmp/synthtalk.done; fi
