@@ -20,6 +20,11 @@
 #   TINY_LR=5e-4 TINY_WARMUP=100 END_S=525 demo-retrain.sh tiny &   # beside the next line (not shipped: colour drift)
 #   DISTILL_INIT=engine/assets/demo-dit.safetensors DISTILL_S=330 END_S=540 demo-retrain.sh distill; wait
 #   DISTILL_S=170 END_S=280 demo-retrain.sh distill                 # resumes
+# The sixth demo model's run (one H100, 2026-12-06 night; the encoder pretrained on the CPU machine as above):
+#   AUDIO_ENCODER=runs/carry/audio-encoder.safetensors TINY=0 END_S=330 demo-retrain.sh teacher   # 2,719 steps
+#   T=/tmp/teacher/final.safetensors                          # then, in the same call, the student from the teacher:
+#   TEACHER=$T DISTILL_INIT=$T DISTILL_S=170 END_S=240 demo-retrain.sh distill                     # 714 steps
+#   TEACHER=$T DISTILL_S=230 END_S=310 demo-retrain.sh distill       # next call, warm machine: resumes, 1,647 in all
 # Each stage starts from the shipped weights of its model. Where the VAE preset has more latent channels than the
 # shipped VAE (2026-12-05: 16 -> 32), the trainers widen the shipped weights first (engine/train/widen.py): the
 # VAE, the teacher (from the shipped student) and the tiny decoder all start from what already works.
