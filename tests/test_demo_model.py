@@ -9,10 +9,10 @@ from engine.eval.readers import load_readers
 from engine.eval.report import evaluate_video
 from engine.generate.avatar import ASSETS, shipped_portraits
 
-# Measured 2026-12-06 on this project's CPU: r 0.677 at lag 0 (the command's defaults: tiny decoder, 4 steps,
-# seed 0; the fifth version: the fourth scored 0.609, the third 0.657, the second 0.54); the held-out figures are
-# in docs/demo-model.md. The bound leaves room for another CPU's rounding.
-MIN_LIP_SYNC = 0.6
+# Measured 2026-12-06 (night) on this project's CPU: r 0.771 at lag 0 (the command's defaults: tiny decoder, 4
+# steps, seed 0; the sixth version: the fifth scored 0.694, the fourth 0.609, the third 0.657, the second 0.54);
+# the held-out figures are in docs/demo-model.md. The bound leaves room for another CPU's rounding.
+MIN_LIP_SYNC = 0.7
 
 
 def test_readme_stream_speaks_the_example_in_sync(tmp_path, capsys):
