@@ -8,7 +8,7 @@ from engine.checkpoints.vae import decoder_only, load_tiny_vae, load_vae
 from engine.data.synth import synthesize_dataset
 from engine.data.synthtalk import SynthTalk
 from engine.errors import ConfigError, DataError
-from engine.train.vae import TrainVAEConfig, pixel_weight, psnr, reconstruction_loss, ssim, train
+from engine.train.vae import TrainVAEConfig, perturbed, pixel_weight, psnr, reconstruction_loss, ssim, train
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,16 @@ def test_metrics():
     assert ssim(a[:, :, 0], -a[:, :, 0]).item() < 0.5
 
 
+def test_latent_noise_is_per_clip_and_bounded():
+    z = torch.zeros(64, 4, 3, 8, 8)
+    assert perturbed(z, 0.0, torch.Generator().manual_seed(0)) is z
+    noisy = perturbed(z, 0.3, torch.Generator().manual_seed(0))
+    stds = noisy.flatten(1).std(1)
+    assert 0 < stds.min() and stds.max() < 0.3 * 1.1  # each clip its own std, in [0, 0.3]
+    assert stds.max() - stds.min() > 0.1
+    assert torch.equal(noisy, perturbed(z, 0.3, torch.Generator().manual_seed(0)))  # seeded
+
+
 def test_train_resume_and_distil(clips, tmp_path):
     cfg = TrainVAEConfig(data=str(clips), out=str(tmp_path / "vae"), resolution=32, frames=5, batch=2, steps=4,
                          save_every=2, log_every=1, eval_clips=2, device="cpu", bf16=False)
@@ -63,7 +73,7 @@ def test_train_resume_and_distil(clips, tmp_path):
     assert [r["step"] for r in log if "loss" in r][-2:] == [5, 6]
     tiny_cfg = TrainVAEConfig(data=str(clips), out=str(tmp_path / "tiny"), model="tiny",
                               teacher=str(tmp_path / "vae" / "final.safetensors"), resolution=32, frames=5, batch=2,
-                              steps=2, eval_clips=1, device="cpu", bf16=False)
+                              steps=2, eval_clips=1, latent_noise=0.2, device="cpu", bf16=False)
     train(tiny_cfg)
     assert load_tiny_vae(tmp_path / "tiny" / "final.safetensors").cfg.name == "demo"
     # a new run may start from shipped weights: the tiny decoder ships without its encoder; a run cut short

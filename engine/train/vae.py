@@ -55,6 +55,9 @@ class TrainVAEConfig:
     eval_clips: int = 16
     max_clips: int = 0  # clips of the training split held in memory (0: all; a 4 s 256² clip is ~20 MB)
     reader: str = ""  # a trained mouth reader: evaluation also reads the mouth on reconstructions
+    latent_noise: float = 0.0  # tiny decoder: the latents it decodes get Gaussian noise of a std drawn per clip
+    # in [0, latent_noise] (the target stays the VAE's decode of the clean latents), so that a generator's
+    # latents, which are never exactly the VAE's, do not move its colours
     decoder_only: bool = False  # fine-tune the decoder of `init` alone: the latent space (and any DiT
     # trained on it) stays as it is, as with the ft-MSE decoders of latent diffusion
     time_budget_s: float = 0.0  # stop training after this long (0: run all steps); the run stays resumable
@@ -115,6 +118,14 @@ def pixel_weight(masks: torch.Tensor, face_weight: float, mouth_weight: float) -
 
 
 # ----------------------------------------------------------------------------- checkpoints
+
+def perturbed(z: torch.Tensor, std: float, g: torch.Generator) -> torch.Tensor:
+    """Latents [B, z, F, h, w] plus Gaussian noise whose std is drawn per clip in [0, std]."""
+    if std <= 0:
+        return z
+    scale = torch.rand(z.shape[0], 1, 1, 1, 1, generator=g, device=z.device) * std
+    return z + scale.to(z.dtype) * torch.randn(z.shape, generator=g, device=z.device).to(z.dtype)
+
 
 def save_optimizer(path: Path, opt: torch.optim.Optimizer) -> None:
     tensors = {}
@@ -264,6 +275,7 @@ def train(cfg: TrainVAEConfig) -> dict[str, float]:
                 with torch.no_grad():
                     z = teacher.encode(x)
                     target = teacher.decode(z)
+                    z = perturbed(z, cfg.latent_noise, generator)
                 y = model.decode_chunk(z, MemoryState(), clamp=False)
         # losses in float32, outside autocast: SSIM's variances cancel catastrophically in bf16
         if teacher is None:

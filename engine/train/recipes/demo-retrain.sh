@@ -62,7 +62,7 @@ latent_clips(TrainDiTConfig('teacher', data='/tmp/synthtalk', out='/tmp/x', vae=
 tiny() {  # tiny LIMIT_S BUDGET_S: the tiny decoder distilled from $VAE; shipped decoder only
   timeout "$1" python3 -m engine.train.vae --data /tmp/synthtalk --out /tmp/tiny --model tiny \
     --teacher "$VAE" --steps 100000 --batch 4 --frames 97 --lr "${TINY_LR:-1e-3}" --warmup "${TINY_WARMUP:-200}" \
-    --mouth-weight "${MOUTH_WEIGHT:-16}" --eval-clips 32 --reader $READER \
+    --mouth-weight "${MOUTH_WEIGHT:-16}" --latent-noise "${TINY_NOISE:-0}" --eval-clips 32 --reader $READER \
     --init "${TINY_INIT:-engine/assets/demo-tiny.safetensors}" --time-budget-s "$2" > "$OUT/tiny.txt" 2>&1
   python3 -c "import sys; from engine.checkpoints.vae import decoder_only; decoder_only(*sys.argv[1:])" \
     "$(newest /tmp/tiny)" "$OUT/demo-tiny.safetensors"
@@ -104,14 +104,15 @@ case $1 in
     ensure_synth
     budget=$(( ${END_S:-560} - 150 - $(elapsed) )); echo "tiny budget $budget s" >> "$OUT/times.txt"
     tiny $(( budget + 130 )) $budget ;;
-  distill)
+  distill)  # DISTILL_DIR names the run folder (default /tmp/distill): two distillations can run side by side
     ensure_synth
     ensure_latents
-    dit $(( ${END_S:-560} - $(elapsed) )) demo-distill --out /tmp/distill --init "${DISTILL_INIT:-$TEACHER}" --teacher $TEACHER \
+    run=${DISTILL_DIR:-/tmp/distill}; name=$(basename "$run")
+    dit $(( ${END_S:-560} - $(elapsed) )) demo-distill --out "$run" --init "${DISTILL_INIT:-$TEACHER}" --teacher $TEACHER \
       --time-budget-s "${DISTILL_S:-360}"
-    half "$(newest /tmp/distill)" "$OUT/distill.safetensors"
-    tail -n 3 /tmp/distill/log.jsonl > "$OUT/distill-log-tail.txt"
-    stamp distill ;;
+    half "$(newest "$run")" "$OUT/$name.safetensors"
+    tail -n 3 "$run/log.jsonl" > "$OUT/$name-log-tail.txt"
+    stamp "$name" ;;
   *) echo "usage: demo-retrain.sh vae|teacher|tiny|distill" >&2; exit 2 ;;
 esac
 ls -la "$OUT"
