@@ -25,6 +25,12 @@
 #   T=/tmp/teacher/final.safetensors                          # then, in the same call, the student from the teacher:
 #   TEACHER=$T DISTILL_INIT=$T DISTILL_S=170 END_S=240 demo-retrain.sh distill                     # 714 steps
 #   TEACHER=$T DISTILL_S=230 END_S=310 demo-retrain.sh distill       # next call, warm machine: resumes, 1,647 in all
+# The seventh demo model's run (one H100, 2026-12-07; two calls on one warm machine):
+#   cp <the sixth version's teacher> engine/assets/demo-dit.safetensors   # in the working copy, for call 1 only: a
+#   TINY=0 END_S=310 demo-retrain.sh teacher        # carried file would not fit beside the wheels; 1,653 more steps
+#   T=/tmp/teacher/final.safetensors                          # then, in the same call, the student from the teacher:
+#   TEACHER=$T DISTILL_INIT=$T DISTILL_DIR=/tmp/distillA DISTILL_S=170 END_S=245 demo-retrain.sh distill  # 437 steps
+#   TINY_NOISE=0.3 TINY_LR=5e-4 TINY_WARMUP=100 END_S=470 demo-retrain.sh tiny   # call 2, the shipped files restored
 # Each stage starts from the shipped weights of its model. Where the VAE preset has more latent channels than the
 # shipped VAE (2026-12-05: 16 -> 32), the trainers widen the shipped weights first (engine/train/widen.py): the
 # VAE, the teacher (from the shipped student) and the tiny decoder all start from what already works.
@@ -38,8 +44,10 @@ t0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - t0 )); }
 stamp() { echo "$1: $(elapsed) s" | tee -a "$OUT/times.txt"; }
 half() { python3 -c "import sys; from engine.checkpoints.io import save_half; save_half(*sys.argv[1:])" "$1" "$2"; }
-newest() {  # a stage's final weights or, if a timeout cut it, its last checkpoint
-  for f in "$1/final.safetensors" "$1/last.safetensors"; do [ -f "$f" ] && { echo "$f"; return; }; done
+newest() {  # a stage's final weights or, if a timeout cut it, its last checkpoint: the newer of the two, since a
+  # resumed stage that a timeout cuts leaves the previous call's final.safetensors behind
+  local f; f=$(ls -t "$1/final.safetensors" "$1/last.safetensors" 2>/dev/null | head -n 1)
+  if [ -n "$f" ]; then echo "$f"; return; fi
   echo "no checkpoint in $1: the stage stopped before its first save (see its log in \$OUT)" >&2; echo /nonexistent
 }
 VAE=${VAE:-$( [ -f /tmp/vae/final.safetensors ] && echo /tmp/vae/final.safetensors || echo engine/assets/demo-vae.safetensors )}
@@ -109,7 +117,7 @@ case $1 in
     ensure_latents
     run=${DISTILL_DIR:-/tmp/distill}; name=$(basename "$run")
     dit $(( ${END_S:-560} - $(elapsed) )) demo-distill --out "$run" --init "${DISTILL_INIT:-$TEACHER}" --teacher $TEACHER \
-      --time-budget-s "${DISTILL_S:-360}"
+      --time-budget-s "${DISTILL_S:-360}" --save-every 100  # a timeout loses at most 100 steps
     half "$(newest "$run")" "$OUT/$name.safetensors"
     tail -n 3 "$run/log.jsonl" > "$OUT/$name-log-tail.txt"
     stamp "$name" ;;
