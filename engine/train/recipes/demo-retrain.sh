@@ -8,6 +8,7 @@
 #   DISTILL_S=330 bash engine/train/recipes/demo-retrain.sh distill  # again: the distillation resumes where it stopped
 # A stage called again on the warm machine resumes from its last checkpoint in /tmp (the teacher, for a longer run).
 # TEACHER_INIT / DISTILL_INIT / TINY_INIT name other starting weights (a carried file); TINY=0 trains the teacher alone.
+# DISTILL_ARGS adds options to the distillation (`--lr 2e-4 --seed 1`).
 # AUDIO_ENCODER names a pretrained conv audio encoder, carried: the DiT stages switch an init that has the MLP
 # projection to it (engine/train/audio_encoder.py; not in the shipped model yet, docs/demo-model.md says why). It is
 # pretrained on the CPU machine, whose packages (.ci/run) give the flite voices and the recorded prompts the GPU
@@ -117,7 +118,7 @@ case $1 in
     ensure_latents
     run=${DISTILL_DIR:-/tmp/distill}; name=$(basename "$run")
     dit $(( ${END_S:-560} - $(elapsed) )) demo-distill --out "$run" --init "${DISTILL_INIT:-$TEACHER}" --teacher $TEACHER \
-      --time-budget-s "${DISTILL_S:-360}" --save-every 100  # a timeout loses at most 100 steps
+      --time-budget-s "${DISTILL_S:-360}" --save-every 100 ${DISTILL_ARGS:-}  # a timeout loses at most 100 steps
     half "$(newest "$run")" "$OUT/$name.safetensors"
     tail -n 3 "$run/log.jsonl" > "$OUT/$name-log-tail.txt"
     stamp "$name" ;;
