@@ -127,9 +127,11 @@ def minutes(args: argparse.Namespace, avatar, portrait: Path, audio: Path, folde
                          else "- | - | - | -")
         print(f"| {i} | " + " | ".join(cells) + " |")
     print("| all | " + " | ".join(f"{r.lip_sync.correlation:.3f} | {r.identity:.3f} | - | -" for r in reports.values()) + " |")
-    # drift is against the first 10 s: a window of its own noise (head motion differs with --seed)
+    # drift is against the first 10 s: a window with noise of its own (head motion, what is said; --seed changes it)
     print("identity over the first 10 s (the drift baseline): " + ", ".join(
         f"{m} {r.drift[0]['identity_sim'] / (1 + r.drift[0]['identity'] / 100):.3f}" for m, r in reports.items()))
+    for m, r in reports.items():
+        print(f"{m}: {r.baseline_noise()}")
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from engine.errors import DataError
 from engine.eval.metrics import DriftMeter, drift_percent, lip_sync, roc_auc
 from engine.eval.nets import IdentityEmbedder, MouthReader, margin_loss, reader_config
 from engine.eval.readers import IDENTITY, MOUTH_READER, load_readers
+from engine.eval.report import Report
 
 
 def test_lip_sync_finds_the_lag():
@@ -38,6 +39,19 @@ def test_drift_meter_per_minute_in_constant_memory():
     assert base.colour_mean[0] == pytest.approx(100.5)
     assert drift_percent(base, windows[-1])["colour_mean"] == pytest.approx(100 * 8.0 / 100.5)
     assert drift_percent(base, windows[0])["identity"] == pytest.approx(0.0)
+
+
+def test_drift_meter_spans_show_the_baselines_own_noise():
+    """Every stretch as long as the baseline is kept, so a report can say where the first one sits among them."""
+    meter = DriftMeter(fps=25, window_s=4, baseline_s=2)
+    for i in range(10):  # identity 0.95 in the first 2 s, then 0.85 / 0.90 alternating per 2 s
+        meter.push(np.full((25, 8, 8, 3), 100, np.uint8), np.full(25, 0.95 if i < 2 else (0.85 if i % 4 < 2 else 0.9)))
+    spans = meter.spans()
+    assert [w.start_s for w in spans] == [0, 2, 4, 6, 8]
+    assert [round(w.identity, 3) for w in spans] == [0.95, 0.9, 0.85, 0.9, 0.85]
+    report = Report(250, 25.0, "test", None, 0.9, [], np.zeros(250), np.zeros(250),
+                    np.array([w.identity for w in spans]))
+    assert "the first 10 s read 0.950, 1 of 5 from the top" in report.baseline_noise()
 
 
 def test_margin_loss_prefers_separated_identities():

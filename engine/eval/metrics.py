@@ -76,8 +76,8 @@ class DriftWindow:
 
 
 class DriftMeter:
-    """Accumulates per-frame statistics in windows of `window_s` (a minute by default) plus the first
-    `baseline_s` seconds, in constant memory however long the video is."""
+    """Accumulates per-frame statistics in windows of `window_s` (a minute by default), the first
+    `baseline_s` seconds, and every later stretch of that length (one small record each), without keeping frames."""
 
     def __init__(self, fps: float = 25.0, window_s: float = 60.0, baseline_s: float = 10.0):
         self.fps, self.window_s, self.baseline_s = fps, window_s, baseline_s
@@ -100,6 +100,7 @@ class DriftMeter:
             t = self.frames / self.fps
             if t < self.baseline_s:
                 self._add("baseline", float(identity[i]), means[i], sqs[i])
+            self._add(f"s{int(t // self.baseline_s)}", float(identity[i]), means[i], sqs[i])
             self._add(f"w{int(t // self.window_s)}", float(identity[i]), means[i], sqs[i])
             self.frames += 1
 
@@ -116,6 +117,12 @@ class DriftMeter:
         base = self._window(0.0, self._sums["baseline"])
         keys = sorted((k for k in self._sums if k.startswith("w")), key=lambda k: int(k[1:]))
         return base, [self._window(int(k[1:]) * self.window_s, self._sums[k]) for k in keys]
+
+    def spans(self) -> list[DriftWindow]:
+        """Every consecutive stretch as long as the baseline (10 s): how far such a window moves on its own
+        shows how much of a drift figure is the baseline's own noise (head motion, what is being said)."""
+        keys = sorted((k for k in self._sums if k.startswith("s")), key=lambda k: int(k[1:]))
+        return [self._window(int(k[1:]) * self.baseline_s, self._sums[k]) for k in keys]
 
 
 def drift_percent(base: DriftWindow, window: DriftWindow) -> dict[str, float]:

@@ -32,6 +32,16 @@ class Report:
     drift: list[dict[str, float]]
     read_open: np.ndarray = field(repr=False)
     true_open: np.ndarray = field(repr=False)
+    span_identity: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  # per 10 s
+
+    def baseline_noise(self) -> str:
+        """How the first 10 s (the drift baseline) sit among every 10 s of the video."""
+        s = self.span_identity
+        if len(s) < 2:
+            return ""
+        rank = 1 + int((s > s[0]).sum())
+        return (f"identity per 10 s: mean {s.mean():.3f}, std {s.std():.3f} ({100 * s.std() / s.mean():.1f}% of the "
+                f"mean); the first 10 s read {s[0]:.3f}, {rank} of {len(s)} from the top")
 
     def lines(self) -> list[str]:
         out = [f"frames: {self.frames} at {self.fps:g} fps ({self.frames / self.fps:.1f} s); true opening from "
@@ -43,6 +53,8 @@ class Report:
             out.append(f"  minute {int(d['start_s'] // 60)}: identity {d['identity_sim']:.3f} "
                        f"({d['identity']:+.2f}%), colour mean {d['colour_mean']:.2f}%, colour std {d['colour_std']:.2f}% "
                        "vs the first 10 s")
+        if len(self.span_identity) >= 2:
+            out.append(self.baseline_noise())
         return out
 
 
@@ -117,7 +129,8 @@ def evaluate_video(video: str, portrait: str, audio: str, mouth: MouthReader, id
     sync = lip_sync(read, true_open, fps)
     base, windows = meter.report()
     drift = [{"start_s": w.start_s, "identity_sim": w.identity, **drift_percent(base, w)} for w in windows]
-    return Report(len(read), fps, source, sync, float(sims.mean()), drift, read, true_open)
+    spans = np.array([w.identity for w in meter.spans()])
+    return Report(len(read), fps, source, sync, float(sims.mean()), drift, read, true_open, spans)
 
 
 # ----------------------------------------------------------------------------- the picture
