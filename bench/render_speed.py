@@ -58,7 +58,8 @@ ROWS = [("extend", "student"), ("fuse", "student"), ("extend", "teacher"), ("fus
 
 def config_for(method: str, model: str, args: argparse.Namespace) -> RenderConfig:
     video = LongVideoConfig.for_model(model, method=method, steps=args.teacher_steps if model == "teacher" else None,
-                                      history_sigma=args.history_sigma)
+                                      history_sigma=args.history_sigma,
+                                      **({"window_frames": args.window} if args.window else {}))
     return RenderConfig(video=video, decoder=args.decoder, checkpoint_s=args.checkpoint_s,
                         measure_joins=args.measure_joins, seed=args.seed)
 
@@ -142,6 +143,7 @@ def main() -> None:
     ap.add_argument("--teacher-steps", type=int, default=24)
     ap.add_argument("--rows", default=",".join(f"{m}-{k}" for m, k in ROWS), help="method-model rows of the speed table")
     ap.add_argument("--history-sigma", type=float, default=0.0)
+    ap.add_argument("--window", type=int, default=0, help="latent frames of the student's KV window (0: the default)")
     ap.add_argument("--decoder", default="tiny", choices=["vae", "tiny"])
     ap.add_argument("--checkpoint-s", type=float, default=10.0)
     ap.add_argument("--measure-joins", action=argparse.BooleanOptionalAction, default=True,

@@ -23,7 +23,7 @@ is the idle range).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +68,12 @@ def score_frames(frames: torch.Tensor, clip: ClipArrays, portrait: torch.Tensor,
 
 
 def student_frames(avatar: Avatar, portrait: np.ndarray, clip: ClipArrays, steps: int, seed: int,
-                   decoder: str = "vae", audio_guidance: float = 1.0) -> torch.Tensor:
-    gen = avatar.generator(StreamConfig(steps=steps, audio_guidance=audio_guidance), decoder=decoder,
+                   decoder: str = "vae", audio_guidance: float = 1.0, window: int = 0) -> torch.Tensor:
+    """`window` > 0: that many latent frames of history in the KV window instead of the session default."""
+    stream = StreamConfig(steps=steps, audio_guidance=audio_guidance)
+    if window:
+        stream = replace(stream, window_frames=window)
+    gen = avatar.generator(stream, decoder=decoder,
                            emotion=int(clip.truth["expression"][0]))
     gen.reset(avatar.reference(portrait), seed=seed)
     gen.push_audio(clip.audio, 16000)
@@ -117,13 +121,14 @@ def teacher_frames(avatar: Avatar, teacher, portrait: np.ndarray, clip: ClipArra
 def evaluate(data: str, files: AvatarFiles, readers: Readers, clips: int = 16, steps: tuple[int, ...] = (4, 2, 1),
              teacher_path: str = "", device: str = "cpu", seed: int = 0,
              decoders: tuple[str, ...] = ("vae",), true_history: bool = False,
-             split: str = "eval", audio_guidance: float = 1.0) -> dict[str, dict[str, float]]:
+             split: str = "eval", audio_guidance: float = 1.0, window: int = 0) -> dict[str, dict[str, float]]:
     """The rows of the module doc; the student's rows once per decoder in `decoders` (the VAE's named
     "student N steps", the tiny decoder's "student N steps, tiny decoder"), and with `true_history` each
     of them again fed the true history ("student N steps, true history[, tiny decoder]"). `split` "train"
     scores clips of the training pool instead (voices, sentences and identities the models were trained on):
     the generalisation gap. `audio_guidance` above 1 runs the student rows with audio CFG (a second pass without
-    the audio per step), as `StreamConfig.audio_guidance` does in a session."""
+    the audio per step), as `StreamConfig.audio_guidance` does in a session; `window` > 0 gives them that KV
+    window (latent frames of history) instead of the session default."""
     avatar = load_avatar(files, device=device)
     teacher = None
     if teacher_path:
@@ -158,7 +163,7 @@ def evaluate(data: str, files: AvatarFiles, readers: Readers, clips: int = 16, s
                                                                other.truth["mouth_open"][:n]))
         for s in steps:
             for decoder in decoders:
-                frames = student_frames(avatar, portrait, clip, s, seed + i, decoder, audio_guidance)
+                frames = student_frames(avatar, portrait, clip, s, seed + i, decoder, audio_guidance, window)
                 name = f"student {s} steps" + ("" if decoder == "vae" else f", {decoder} decoder")
                 rows.setdefault(name, []).append(score_frames(frames, clip, portrait_t, readers))
                 if true_history:
@@ -192,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="train: clips of the training pool (the generalisation gap), not held-out ones")
     ap.add_argument("--audio-guidance", type=float, default=1.0,
                     help="audio CFG scale of the student rows (1: one conditional pass, the default of sessions)")
+    ap.add_argument("--window", type=int, default=0,
+                    help="latent frames of history in the student rows' KV window (0: the session default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
@@ -199,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     scores = evaluate(args.data, AvatarFiles(Path(args.dit), Path(args.vae), Path(args.tiny)), Readers(mouth, identity),
                       args.clips, tuple(int(s) for s in args.steps.split(",") if s), args.teacher, args.device,
                       decoders=tuple(d for d in args.decoders.split(",") if d), true_history=args.true_history,
-                      split=args.split, audio_guidance=args.audio_guidance)
+                      split=args.split, audio_guidance=args.audio_guidance, window=args.window)
     text = json.dumps(scores, indent=1)
     print(text)
     if args.out:
