@@ -33,7 +33,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from engine.audio.io import load_audio
     from engine.generate.avatar import ASSETS, EMOTIONS, AvatarFiles, load_avatar, load_portrait, shipped_portraits
     from engine.generate.mp4 import Mp4Writer
-    from engine.generate.streaming import StreamConfig
+    from engine.generate.streaming import STUDENT_WINDOW, StreamConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -43,7 +43,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     portrait_path = args.portrait or next(iter(shipped_portraits().values()))
     audio_path = args.audio or ASSETS / "example.wav"
     audio = load_audio(audio_path)
-    gen = avatar.generator(StreamConfig(chunk_frames=args.chunk, window_frames=args.window, steps=args.steps),
+    window = STUDENT_WINDOW if args.window is None else args.window
+    gen = avatar.generator(StreamConfig(chunk_frames=args.chunk, window_frames=window, steps=args.steps),
                            decoder=args.decoder, emotion=EMOTIONS.index(args.emotion))
     t0 = time.perf_counter()
     gen.reset(avatar.reference(load_portrait(portrait_path)), seed=args.seed)
@@ -87,7 +88,7 @@ def _stream_args(p: argparse.ArgumentParser) -> None:
                    help="tiny: the live sessions' decoder, real time on a CPU (default); vae: the quality decoder")
     p.add_argument("--emotion", default="neutral", choices=["neutral", "happy", "sad", "surprised", "angry"])
     p.add_argument("--chunk", type=int, default=1, help="latent frames per chunk")
-    p.add_argument("--window", type=int, default=8, help="latent frames in the KV window")
+    p.add_argument("--window", type=int, help="latent frames of history in the KV window (default 2, the student's best)")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
@@ -97,7 +98,7 @@ def _stream_args(p: argparse.ArgumentParser) -> None:
 
 RENDER_OPTIONS = {  # option: (type, default); a script's [render] table may set any of them
     "method": (str, "extend"), "model": (str, "student"), "teacher": (str, None), "steps": (int, None),
-    "guidance": (float, None), "shift": (float, 5.0), "window": (int, 8), "overlap": (int, 2), "chunk": (int, 1),
+    "guidance": (float, None), "shift": (float, 5.0), "window": (int, None), "overlap": (int, 2), "chunk": (int, 1),
     "history_sigma": (float, 0.0), "decoder": (str, "tiny"), "emotion": (str, "neutral"), "seed": (int, 0),
     "checkpoint_s": (float, 10.0), "context_shots": (int, 1), "measure_joins": (bool, True),
 }
@@ -194,7 +195,8 @@ def _render_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="denoising steps (default: 4 student, 24 teacher)")
     p.add_argument("--guidance", type=float, help="audio CFG scale (default: 1 student, 2 teacher)")
     p.add_argument("--shift", type=float, help="timestep shift of the sigma grid (default 5)")
-    p.add_argument("--window", type=int, help="latent frames: the student's KV window, or a window (default 8)")
+    p.add_argument("--window", type=int, help="latent frames: the student's KV window (default 2), or a teacher's or "
+                   "fused window (default 8)")
     p.add_argument("--overlap", type=int, help="fuse: latent frames windows share; teacher extend: history frames "
                    "(default 2)")
     p.add_argument("--chunk", type=int, help="the student's latent frames per chunk (default 1)")

@@ -19,7 +19,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)  # sessions run on their own threads: keep each op's pool small
     avatar = load_avatar(resolution=args.resolution, device=args.device)
     session = SessionConfig(steps=args.steps, adaptive=not args.fixed_steps, decoder=args.decoder,
-                            window_frames=args.window, idle_timeout_s=args.idle_timeout, backend=args.backend)
+                            window_frames=SessionConfig.window_frames if args.window is None else args.window,
+                            idle_timeout_s=args.idle_timeout, backend=args.backend)
     config = ServerConfig(host=args.host, port=args.port, max_sessions=args.max_sessions, token=args.token,
                           allowed_origins=tuple(args.allowed_origin), resume_grace_s=args.resume_grace,
                           loopback_ice=args.loopback_ice,
@@ -42,7 +43,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoder", choices=["tiny", "vae"], default="tiny")
     p.add_argument("--steps", type=int, choices=[4, 2, 1], default=4, help="steps a session starts with")
     p.add_argument("--fixed-steps", action="store_true", help="do not adapt the steps to hold real time")
-    p.add_argument("--window", type=int, default=8, help="latent frames in the KV window")
+    p.add_argument("--window", type=int, help="latent frames of history in the KV window (default 2, the student's best)")
     p.add_argument("--backend", help="run each session's chunk step on this exporters backend (torch, "
                    "torch-cudagraph: CUDA graphs, GPU only); default: the engine's eager generator")
     p.add_argument("--threads", type=int, default=1, help="torch threads per op (sessions run in parallel)")

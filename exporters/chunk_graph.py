@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from engine.errors import ConfigError
+from engine.generate.streaming import STUDENT_WINDOW
 from engine.models.attention import KVCache, KVCacheConfig, attention
 from engine.models.dit import DiT
 from engine.models.rope import Rotation, rope_angles
@@ -42,7 +43,7 @@ class ChunkShape:
     latent_hw: tuple[int, int]
     sink_frames: int = 1
     chunk_frames: int = 1
-    window_frames: int = 8
+    window_frames: int = STUDENT_WINDOW
 
     def __post_init__(self) -> None:
         if self.sink_frames < 1:

@@ -1,8 +1,8 @@
 """`talkstream export onnx --out DIR`: write the chunk-step bundle of a preset (exporters.onnx_export), then
 stream a few chunks through ONNX Runtime beside eager torch and print how far apart they are.
 
-    talkstream export onnx --out exports/demo                      # demo preset, 128x128, chunk 1, window 8
-    talkstream export onnx --out exports/demo --decoders tiny --chunk 1 --window 8 --verify-chunks 12
+    talkstream export onnx --out exports/demo                      # demo preset, 128x128, chunk 1, window 2
+    talkstream export onnx --out exports/demo --decoders tiny --chunk 1 --window 2 --verify-chunks 12
 
 The bundle holds the weights it was exported from: a session uses it only with the same weights (the
 manifest's fingerprints are checked), which for the demo preset without a shipped checkpoint means the
@@ -28,6 +28,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from engine.generate.avatar import load_avatar
+    from engine.generate.streaming import STUDENT_WINDOW
     from exporters.chunk_graph import ChunkShape
     from exporters.onnx_export import DTYPES, export_bundle
 
@@ -42,7 +43,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"error: resolution {resolution} is not a multiple of {stride * avatar.model.cfg.patch_size[1]}")
         return 2
     side = resolution // stride
-    shape = ChunkShape((side, side), sink_frames=1, chunk_frames=args.chunk, window_frames=args.window)
+    window = STUDENT_WINDOW if args.window is None else args.window
+    shape = ChunkShape((side, side), sink_frames=1, chunk_frames=args.chunk, window_frames=window)
     vae = avatar.vae if "vae" in args.decoders else None
     tiny = avatar.tiny if "tiny" in args.decoders else None
     if "tiny" in args.decoders and avatar.tiny is None:
@@ -105,7 +107,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     onnx.add_argument("--resolution", type=int, default=None,
                       help="square frame size in pixels (default: the preset's own, 128 for the demo)")
     onnx.add_argument("--chunk", type=int, default=1, help="latent frames per chunk")
-    onnx.add_argument("--window", type=int, default=8, help="latent frames in the KV window")
+    onnx.add_argument("--window", type=int,
+                      help="latent frames of history in the KV window (default 2: what sessions use unless told otherwise)")
     onnx.add_argument("--decoders", nargs="*", default=["vae", "tiny"], choices=["vae", "tiny"],
                       help="streaming decoders to export (none: latents only)")
     onnx.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.generate.avatar import ImageLimits
+from engine.generate.streaming import STUDENT_WINDOW
 from realtime.errors import RealtimeError
 
 STEP_LEVELS = (4, 2, 1)  # the few-step lists the student is distilled for; adaptive quality walks down them
@@ -19,7 +20,7 @@ class SessionConfig:
     decoder: str = "tiny"  # "tiny" (speed) or "vae" (quality)
     backend: str | None = None  # None: the engine's eager generator; else its chunk step on this exporters backend
     chunk_frames: int = 1  # latent frames per chunk (1 latent frame = 4 video frames = 160 ms)
-    window_frames: int = 8  # latent frames in the rolling KV window
+    window_frames: int = STUDENT_WINDOW  # latent frames of history in the rolling KV window
     seed: int = 0
     queue_chunks: int = 3  # generated chunks waiting for playout (the bounded asyncio.Queue)
     idle_ahead_s: float = 0.25  # idle (silent) chunks are generated only while less than this is buffered

@@ -133,9 +133,10 @@ def test_heldout_scores_the_training_pool_when_asked(tmp_path):
         evaluate(str(tmp_path), AvatarFiles(), readers, clips=1, steps=())
 
 
-def test_heldout_student_rows_take_the_audio_guidance(tmp_path):
-    """`audio_guidance` reaches the student's sessions: the same seed gives the same frames at one scale and
-    other frames at another (the audio-dropped pass changes each step)."""
+def test_heldout_student_rows_take_the_audio_guidance_and_window(tmp_path):
+    """`audio_guidance` and `window` reach the student's sessions: the same seed gives the same frames at one scale
+    and other frames at another (the audio-dropped pass changes each step); the default window is the sessions'
+    (2), and a window of 8 gives other frames once the stream is longer than 2 latent frames."""
     from engine.data.synth import synthesize_dataset
     from engine.data.synthtalk import SynthTalk
     from engine.eval.heldout import student_frames
@@ -150,3 +151,6 @@ def test_heldout_student_rows_take_the_audio_guidance(tmp_path):
     guided = student_frames(avatar, portrait, clip, 1, seed=0, decoder="tiny", audio_guidance=2.0)
     assert torch.equal(plain, again)
     assert guided.shape == plain.shape and not torch.equal(guided, plain)
+    assert torch.equal(student_frames(avatar, portrait, clip, 1, seed=0, decoder="tiny", window=2), plain)
+    wide = student_frames(avatar, portrait, clip, 1, seed=0, decoder="tiny", window=8)
+    assert wide.shape == plain.shape and not torch.equal(wide, plain)

@@ -162,3 +162,17 @@ def test_bad_long_video_configs_say_what_is_wrong():
     with pytest.raises(ConfigError, match="history"):
         LongVideoConfig(model="teacher", window_frames=4, overlap_frames=4)
     assert LongVideoConfig.for_model("teacher").steps == 24
+
+
+def test_the_student_window_is_one_default_everywhere():
+    """Streams, sessions, the student's extension and export shapes share STUDENT_WINDOW; a teacher's or a fused
+    window keeps its own length (2 could not hold their overlaps)."""
+    from engine.generate.streaming import STUDENT_WINDOW
+    from exporters.chunk_graph import ChunkShape
+    from realtime.config import SessionConfig
+
+    assert STUDENT_WINDOW == StreamConfig().window_frames == SessionConfig().window_frames == 2
+    assert ChunkShape((4, 4)).window_frames == LongVideoConfig().window_frames == STUDENT_WINDOW
+    assert LongVideoConfig.for_model("student").window_frames == STUDENT_WINDOW
+    assert LongVideoConfig(method="fuse").window_frames == LongVideoConfig.for_model("teacher").window_frames == 8
+    assert LongVideoConfig(window_frames=5).window_frames == 5

@@ -24,12 +24,14 @@ import torch
 from engine.errors import ConfigError
 from engine.generate.extend import StudentExtend, TeacherExtend
 from engine.generate.fuse import WindowFuse
+from engine.generate.streaming import STUDENT_WINDOW
 from engine.generate.windows import MODELS, Known
 from engine.models.dit import DiT
 
 METHODS = ("extend", "fuse")
 DEFAULT_STEPS = {"student": 4, "teacher": 24}  # the student's distilled steps; the teacher's Euler grid
 DEFAULT_GUIDANCE = {"student": 1.0, "teacher": 2.0}  # audio CFG: the student has it distilled in
+WINDOW = 8  # latent frames of a teacher's window or of a fused one
 
 
 @dataclass(frozen=True)
@@ -39,12 +41,16 @@ class LongVideoConfig:
     steps: int = 4
     shift: float = 5.0  # timestep shift of the σ grid
     guidance: float = 1.0  # audio CFG scale (1: one conditional pass)
-    window_frames: int = 8  # student extend: its KV window; teacher extend and fuse: the window's length
+    # student extend: its KV window (default STUDENT_WINDOW); teacher extend and fuse: the window's length (WINDOW)
+    window_frames: int | None = None
     overlap_frames: int = 2  # fuse: frames two windows share; teacher extend: frames of history
     chunk_frames: int = 1  # the student's block of latent frames
     history_sigma: float = 0.0  # extend: σ the history is re-noised to (0: kept clean)
 
     def __post_init__(self) -> None:
+        if self.window_frames is None:
+            kv = (self.method, self.model) == ("extend", "student")
+            object.__setattr__(self, "window_frames", STUDENT_WINDOW if kv else WINDOW)
         if self.method not in METHODS:
             raise ConfigError(f"unknown long-video method {self.method!r}; choose one of {list(METHODS)}")
         if self.model not in MODELS:
