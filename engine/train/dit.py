@@ -47,7 +47,7 @@ from engine.diffusion.forcing import sample_forcing_sigmas
 from engine.diffusion.guidance import cfg as guidance
 from engine.diffusion.schedules import shift_sigmas
 from engine.errors import ConfigError
-from engine.generate.streaming import sigma_list
+from engine.generate.streaming import STUDENT_WINDOW, sigma_list
 from engine.models.attention import SequenceLayout
 from engine.models.dit import DiT, dit_config, emotion_tokens
 from engine.models.vae import CausalVAE
@@ -93,7 +93,7 @@ class TrainDiTConfig:
     emotion_drop: float = 0.1
     phases: tuple[Phase, ...] = DEFAULT_CURRICULUM
     chunk: int = 1  # student: latent frames per causal chunk
-    window: int = 8  # student: latent frames of history attention sees
+    window: int = STUDENT_WINDOW  # student: latent frames of history attention sees (the window streams use)
     stream_share: float = 0.5  # student: share of batches with clean history and one noisy chunk
     few_steps: int = 4  # distill: the student's step count (its σs include those of 2 and 1 steps)
     few_shift: float = 5.0  # distill: the σ shift the streaming generator uses

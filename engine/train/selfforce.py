@@ -8,7 +8,7 @@ taken on the whole rollout by distribution matching distillation (DMD, as CausVi
 
   1. rollout: a random exit step k (the same for every chunk of one rollout); steps before k run without
      gradient, step k keeps it, so the generator learns every step count it is used with (4, 2, 1);
-     history is detached.
+     history is detached: finished chunks go into a KV cache of the streaming window, as in a stream.
   2. DMD: re-noise the rollout x̂0 at a random σ; the frozen teacher (with audio CFG) and the fake score
      (trained on the generator's outputs) each predict x0; their difference is the gradient of the
      KL between the generator's and the data distribution, pushed into x̂0 through a stop-gradient target
@@ -35,6 +35,7 @@ from engine.diffusion.guidance import cfg as guidance
 from engine.diffusion.schedules import shift_sigmas
 from engine.errors import ConfigError
 from engine.generate.streaming import sigma_list
+from engine.models.attention import KVCache
 from engine.models.dit import DiT, emotion_tokens
 from engine.train.dit import (LatentClips, TrainDiTConfig, latent_clips, layout_for, masked_mse, save_checkpoint,
                               velocity)
@@ -42,32 +43,41 @@ from engine.train.dit import (LatentClips, TrainDiTConfig, latent_clips, layout_
 
 def rollout(generator: DiT, data: LatentClips, clips: torch.Tensor, starts: torch.Tensor, cfg: TrainDiTConfig,
             grid, exit_step: int, g: torch.Generator) -> torch.Tensor:
-    """Stream `frames` latent frames chunk by chunk from noise with the generator's own history; returns
-    x̂0 [B, C, F, h, w], differentiable through each chunk's exit step only."""
+    """Stream `frames` latent frames chunk by chunk from noise with the generator's own history, through a KV
+    cache of `cfg.window` frames beside the reference sink, as the StreamingGenerator streams; returns x̂0
+    [B, C, F, h, w], differentiable through each chunk's exit step only. The cache holds keys and values
+    computed without gradient (the sink's, and each finished chunk's clean pass at σ = 0), so each step of
+    each chunk costs one pass over that chunk alone, not over its history."""
     frames = cfg.phases[-1].frames
     _, ref, audio, _ = data.window(clips, starts, frames)
     sigmas = sigma_list(cfg.few_steps, cfg.few_shift)[: exit_step + 1]
     audio_tokens = generator.encode_audio(audio)
     text_kv = generator.encode_text(emotion_tokens(data.expression[clips], generator.cfg.text_dim))
-    b, c = len(clips), cfg.chunk
+    b, c, device = len(clips), cfg.chunk, ref.device
     shape = (b, data.latents.shape[1], c, *grid)
-    history: list[torch.Tensor] = []
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16)
+    cache_dtype = torch.bfloat16 if cfg.bf16 and device.type == "cuda" else torch.float32
+    cache = KVCache(generator.cache_config(generator.token_grid(grid), 1, cfg.window), b, device, cache_dtype)
+    with torch.no_grad(), autocast:
+        generator(ref, torch.zeros(b, 1, device=device), cache.sink(), text_kv=text_kv, sink_frames=1)
+    chunks: list[torch.Tensor] = []
     for start in range(0, frames, c):
-        past = torch.cat(history, 2).detach() if history else None
+        chunk_audio = audio_tokens[:, start:start + c]
         x = torch.randn(shape, generator=g, device=g.device)
-        layout = layout_for(generator, start + c, grid, cfg, causal=True)
         for i, sigma in enumerate(sigmas):
             last = i == len(sigmas) - 1
-            with torch.set_grad_enabled(last and torch.is_grad_enabled()):
-                seq = torch.cat([past, x], 2) if past is not None else x
-                sig = torch.cat([torch.zeros(b, start, device=x.device), torch.full((b, c), sigma, device=x.device)], 1)
-                with torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16):
-                    v = velocity(generator, seq, ref, sig, layout, audio_tokens[:, : start + c], text_kv)
-                x0 = x0_from_velocity(x.float(), v[:, :, start:].float(), sigma)
+            with torch.set_grad_enabled(last and torch.is_grad_enabled()), autocast:
+                t = torch.full((b, c), 1000.0 * sigma, device=device)
+                v = generator(x, t, cache.chunk(c), audio=chunk_audio, text_kv=text_kv)
+            x0 = x0_from_velocity(x.float(), v.float(), sigma)
             if not last:
                 x = add_noise(x0.detach(), torch.randn(shape, generator=g, device=g.device), sigmas[i + 1])
-        history.append(x0)
-    return torch.cat(history, 2)
+        with torch.no_grad(), autocast:  # the finished chunk becomes clean history
+            generator(x0.detach(), torch.zeros(b, c, device=device), cache.chunk(c, write=True), audio=chunk_audio,
+                      text_kv=text_kv)
+        cache.advance(c)
+        chunks.append(x0)
+    return torch.cat(chunks, 2)
 
 
 def predict_x0(model: DiT, x: torch.Tensor, ref: torch.Tensor, sigma: torch.Tensor, audio: torch.Tensor,
