@@ -6,6 +6,7 @@
 #   bash engine/train/recipes/demo-retrain.sh distill   # few-step distillation from the teacher
 #   TINY_LR=4e-4 bash engine/train/recipes/demo-retrain.sh tiny  # the tiny decoder alone, from the shipped one
 #   DISTILL_S=330 bash engine/train/recipes/demo-retrain.sh distill  # again: the distillation resumes where it stopped
+#   bash engine/train/recipes/demo-retrain.sh selfforce  # self-forcing from the distilled student (SF_INIT, SF_S, SF_ARGS)
 # A stage called again on the warm machine resumes from its last checkpoint in /tmp (the teacher, for a longer run).
 # TEACHER_INIT / DISTILL_INIT / TINY_INIT name other starting weights (a carried file); TINY=0 trains the teacher alone.
 # DISTILL_ARGS adds options to the distillation (`--lr 2e-4 --seed 1`).
@@ -122,6 +123,15 @@ case $1 in
     half "$(newest "$run")" "$OUT/$name.safetensors"
     tail -n 3 "$run/log.jsonl" > "$OUT/$name-log-tail.txt"
     stamp "$name" ;;
-  *) echo "usage: demo-retrain.sh vae|teacher|tiny|distill" >&2; exit 2 ;;
+  selfforce)  # self-forcing: DMD on the student's own rollouts through the KV cache, from the distilled student
+    ensure_synth
+    ensure_latents
+    run=${SF_DIR:-/tmp/selfforce}; name=$(basename "$run")
+    dit $(( ${END_S:-560} - $(elapsed) )) demo-selfforce --out "$run" --init "${SF_INIT:-$(newest "${DISTILL_DIR:-/tmp/distill}")}" \
+      --teacher $TEACHER --time-budget-s "${SF_S:-360}" --save-every 50 --log-every 10 ${SF_ARGS:-}
+    half "$(newest "$run")" "$OUT/$name.safetensors"
+    tail -n 3 "$run/log.jsonl" > "$OUT/$name-log-tail.txt"
+    stamp "$name" ;;
+  *) echo "usage: demo-retrain.sh vae|teacher|tiny|distill|selfforce" >&2; exit 2 ;;
 esac
 ls -la "$OUT"
