@@ -51,6 +51,7 @@ class Decoder(Protocol):
 # Latent frames of its own history the student attends to, beside the portrait (the sink). The demo student was
 # distilled with 8, but reads best with 2: on 6 held-out clips r 0.762 and identity 0.867 (1: 0.759 / 0.859, 4:
 # 0.757 / 0.855, 8: 0.755 / 0.835). A shorter history carries fewer of its own errors forward (docs/demo-model.md).
+# The student stages of engine/train/dit.py train with it too (TrainDiTConfig.window).
 STUDENT_WINDOW = 2
 
 
