@@ -46,3 +46,15 @@ def test_empty_ring_slots_are_masked_until_full():
 def test_chunk_larger_than_window_is_refused():
     with pytest.raises(ConfigError, match="does not fit"):
         _cache(window=2).chunk(3)
+
+
+def test_keys_and_values_of_another_dtype_are_stored_in_the_cache_dtype():
+    """Under bf16 autocast the values come out of a linear layer in bf16 while the keys leave the float32
+    RMSNorm: the clean pass still writes both into the float32 ring."""
+    cache = _cache(window=2)
+    q, k = torch.randn(1, 4, 2, 8), torch.randn(1, 4, 2, 8)
+    v = torch.randn(1, 4, 2, 8).bfloat16()
+    cache.chunk(1, write=True)(0, q, k, v)
+    assert cache.v.dtype == torch.float32
+    assert torch.equal(cache.v[0, :, :4], v.float())  # (keys are stored after RoPE)
+    assert cache.k.dtype == torch.float32 and cache.k[0, :, :4].abs().sum() > 0

@@ -216,6 +216,6 @@ class ChunkStep:
         values = torch.cat([cache.sink_v[layer], cache.v[layer], v], 1)
         out = attention(q, keys, values, self.mask)
         if self.write:
-            cache.k[layer].index_copy_(1, self.slots, k)
-            cache.v[layer].index_copy_(1, self.slots, v)
+            cache.k[layer].index_copy_(1, self.slots, k.to(cache.k.dtype))
+            cache.v[layer].index_copy_(1, self.slots, v.to(cache.v.dtype))
         return out

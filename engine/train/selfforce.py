@@ -56,8 +56,7 @@ def rollout(generator: DiT, data: LatentClips, clips: torch.Tensor, starts: torc
     b, c, device = len(clips), cfg.chunk, ref.device
     shape = (b, data.latents.shape[1], c, *grid)
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16)
-    cache_dtype = torch.bfloat16 if cfg.bf16 and device.type == "cuda" else torch.float32
-    cache = KVCache(generator.cache_config(generator.token_grid(grid), 1, cfg.window), b, device, cache_dtype)
+    cache = KVCache(generator.cache_config(generator.token_grid(grid), 1, cfg.window), b, device)  # float32 keys
     with torch.no_grad(), autocast:
         generator(ref, torch.zeros(b, 1, device=device), cache.sink(), text_kv=text_kv, sink_frames=1)
     chunks: list[torch.Tensor] = []
