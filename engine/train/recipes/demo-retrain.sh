@@ -33,6 +33,13 @@
 #   T=/tmp/teacher/final.safetensors                          # then, in the same call, the student from the teacher:
 #   TEACHER=$T DISTILL_INIT=$T DISTILL_DIR=/tmp/distillA DISTILL_S=170 END_S=245 demo-retrain.sh distill  # 437 steps
 #   TINY_NOISE=0.3 TINY_LR=5e-4 TINY_WARMUP=100 END_S=470 demo-retrain.sh tiny   # call 2, the shipped files restored
+# The eighth demo model's run (one H100, 2026-12-07, fourth session; one call; the seventh's teacher was lost, so the
+# teacher is rebuilt from the shipped student, the stage's default init):
+#   TINY=0 END_S=330 demo-retrain.sh teacher                                                 # 2,854 steps
+#   T=/tmp/teacher/final.safetensors                        # then, in the same call, the student at window 2:
+#   TEACHER=$T DISTILL_INIT=engine/assets/demo-dit.safetensors DISTILL_DIR=/tmp/distillW DISTILL_S=160 END_S=245 \
+#     demo-retrain.sh distill                                 # 674 steps from the seventh student (window 2 = default)
+#   DISTILL_DIR=/tmp/distillW SF_S=300 END_S=430 demo-retrain.sh selfforce   # next call, warm machine (not shipped)
 # Each stage starts from the shipped weights of its model. Where the VAE preset has more latent channels than the
 # shipped VAE (2026-12-05: 16 -> 32), the trainers widen the shipped weights first (engine/train/widen.py): the
 # VAE, the teacher (from the shipped student) and the tiny decoder all start from what already works.
