@@ -64,6 +64,9 @@ def test_three_stages_train_save_and_resume(setup):
     after = load_dit(root / "selfforce" / "final.safetensors").state_dict()
     before = load_dit(root / "distill" / "final.safetensors").state_dict()
     assert any(not torch.equal(after[k], before[k]) for k in before)  # the rollouts moved the generator
+    train(replace(selfforce, out=str(root / "anchored"), data_weight=1.0, steps=1))  # DMD + the real-clip anchor
+    anchored = [r for r in _log(root / "anchored") if "loss" in r]
+    assert len(anchored) == 1 and 0 < anchored[0]["data_loss"] < 10
 
 
 def test_latent_cache_is_written_once_and_read_by_later_stages(setup, tmp_path):

@@ -103,6 +103,8 @@ class TrainDiTConfig:
     ode_weight: float = 1.0  # distill: weight of the ODE regression beside the diffusion-forcing term
     fake_lr: float = 1e-4  # selfforce: learning rate of the fake score
     fake_updates: int = 2  # selfforce: fake-score updates per generator update
+    data_weight: float = 0.0  # selfforce: weight of the diffusion-forcing loss on real clips beside DMD (an
+    # anchor to the data: DMD alone follows the teacher, whose identity is weaker than the student's)
     audio_encoder: str = ""  # a pretrained conv audio encoder (engine.train.audio_encoder) replacing the MLP
     # projection of `init` (an init that has a conv encoder keeps its own: it was trained with it)
     train_audio_trunk: bool = False  # a conv encoder's trunk stays as pretrained unless this is set
@@ -383,29 +385,7 @@ def train(cfg: TrainDiTConfig) -> dict[str, float]:
     while step < cfg.steps and not (cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s):
         progress = max(step / cfg.steps, (time.perf_counter() - t0) / cfg.time_budget_s if cfg.time_budget_s else 0)
         phase = phase_at(cfg, progress)
-        n, _, length = data.latents.shape[:3]
-        frames = min(phase.frames, length - 1)
-        clips = torch.randint(n, (cfg.batch,), generator=g, device=device)
-        starts = torch.randint(1, length - frames + 1, (cfg.batch,), generator=g, device=device)
-        x0, ref, audio, masks = data.window(clips, starts, frames)
-        noise = torch.randn(x0.shape, generator=g, device=device)
-        with torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16):
-            audio_tokens, text_kv = conditions(net, audio, data.expression[clips], cfg, g, drop_g=drop_g)
-            if not causal:
-                sigma = shift_sigmas(torch.rand(cfg.batch, 1, generator=g, device=device), cfg.shift).expand(-1, frames)
-                keep = None
-            else:
-                sigma, h = student_sigmas(cfg, cfg.batch, frames, g)
-                keep = (sigma > 0).float()
-                if h is not None:  # a streaming batch: only the history and the noisy chunk
-                    x0, noise, masks, sigma, keep = (v[:, :, :h + cfg.chunk] if v.ndim == 5 else v[:, :h + cfg.chunk]
-                                                     for v in (x0, noise, masks, sigma, keep))
-                    audio_tokens = audio_tokens[:, :h + cfg.chunk] if audio_tokens is not None else None
-            f = x0.shape[2]
-            layout = layout_for(net, f, grid, cfg, causal)
-            x_t = add_noise(x0, noise, sigma[:, None, :, None, None])
-            v = velocity(net, x_t, ref, sigma, layout, audio_tokens, text_kv)
-        loss = masked_mse(v, noise - x0, masks, phase, keep)
+        loss = data_loss(net, data, cfg, grid, phase, causal, g, drop_g)
         if ode is not None:  # jump from a recorded point of the teacher's trajectory to its x0
             loss = 0.5 * loss + cfg.ode_weight * ode_loss(net, ode, data, cfg, grid, g)
         for group in opt.param_groups:
@@ -436,6 +416,36 @@ def train(cfg: TrainDiTConfig) -> dict[str, float]:
     if distributed:
         torch.distributed.destroy_process_group()
     return {"steps": step, "loss": loss.item()}
+
+
+def data_loss(net, data: LatentClips, cfg: TrainDiTConfig, grid, phase: Phase, causal: bool, g: torch.Generator,
+              drop_g: torch.Generator | None = None) -> torch.Tensor:
+    """The loss on real clips: flow matching over a whole window (teacher), or diffusion forcing with
+    streaming batches (causal stages), under the facial mask of `phase`."""
+    n, _, length = data.latents.shape[:3]
+    frames = min(phase.frames, length - 1)
+    device = g.device
+    clips = torch.randint(n, (cfg.batch,), generator=g, device=device)
+    starts = torch.randint(1, length - frames + 1, (cfg.batch,), generator=g, device=device)
+    x0, ref, audio, masks = data.window(clips, starts, frames)
+    noise = torch.randn(x0.shape, generator=g, device=device)
+    with torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16):
+        audio_tokens, text_kv = conditions(net, audio, data.expression[clips], cfg, g, drop_g=drop_g)
+        if not causal:
+            sigma = shift_sigmas(torch.rand(cfg.batch, 1, generator=g, device=device), cfg.shift).expand(-1, frames)
+            keep = None
+        else:
+            sigma, h = student_sigmas(cfg, cfg.batch, frames, g)
+            keep = (sigma > 0).float()
+            if h is not None:  # a streaming batch: only the history and the noisy chunk
+                x0, noise, masks, sigma, keep = (v[:, :, :h + cfg.chunk] if v.ndim == 5 else v[:, :h + cfg.chunk]
+                                                 for v in (x0, noise, masks, sigma, keep))
+                audio_tokens = audio_tokens[:, :h + cfg.chunk] if audio_tokens is not None else None
+        f = x0.shape[2]
+        layout = layout_for(net, f, grid, cfg, causal)
+        x_t = add_noise(x0, noise, sigma[:, None, :, None, None])
+        v = velocity(net, x_t, ref, sigma, layout, audio_tokens, text_kv)
+    return masked_mse(v, noise - x0, masks, phase, keep)
 
 
 def ode_loss(net, ode, data: LatentClips, cfg: TrainDiTConfig, grid, g: torch.Generator) -> torch.Tensor:

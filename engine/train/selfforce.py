@@ -14,6 +14,9 @@ taken on the whole rollout by distribution matching distillation (DMD, as CausVi
      KL between the generator's and the data distribution, pushed into x̂0 through a stop-gradient target
      (normalised by the mean distance to the teacher's x0, DMD's weighting), weighted by the facial mask.
   3. the fake score learns the generator's current outputs by flow matching (`fake_updates` per step).
+  4. with `data_weight` > 0, the diffusion-forcing loss on real clips (the earlier stages' loss) is added to
+     the generator's: DMD pulls towards the teacher's distribution, this keeps it on the data's, the
+     portrait's identity above all (the teacher renders identity worse than the distilled student).
 
 Writes like engine/train/dit.py (same config, data cache, logs, checkpoints, resume): `talkstream train
 demo-selfforce --init DISTILLED --teacher TEACHER`.
@@ -37,8 +40,8 @@ from engine.errors import ConfigError
 from engine.generate.streaming import sigma_list
 from engine.models.attention import KVCache
 from engine.models.dit import DiT, emotion_tokens
-from engine.train.dit import (LatentClips, TrainDiTConfig, latent_clips, layout_for, masked_mse, save_checkpoint,
-                              velocity)
+from engine.train.dit import (LatentClips, TrainDiTConfig, data_loss, latent_clips, layout_for, masked_mse,
+                              save_checkpoint, velocity)
 
 
 def rollout(generator: DiT, data: LatentClips, clips: torch.Tensor, starts: torch.Tensor, cfg: TrainDiTConfig,
@@ -144,6 +147,9 @@ def train_selfforce(cfg: TrainDiTConfig) -> dict[str, float]:
         loss_g = masked_mse(x0, target, masks, phase)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
+        loss_d = data_loss(generator, data, cfg, grid, phase, True, g) if cfg.data_weight else None
+        if loss_d is not None:  # its own backward: the rollout's graph is freed first
+            (cfg.data_weight * loss_d).backward()
         torch.nn.utils.clip_grad_norm_(generator.parameters(), 1.0)
         opt_g.step()
 
@@ -168,9 +174,11 @@ def train_selfforce(cfg: TrainDiTConfig) -> dict[str, float]:
         step += 1
         if step % cfg.log_every == 0:
             distance = float((x0.detach() - real).pow(2).mean())
-            log.write(json.dumps({"step": step, "loss": round(loss_g.item(), 5), "fake_loss": round(loss_f.item(), 5),
-                                  "to_teacher": round(distance, 5), "exit_step": exit_step,
-                                  "s": round(time.perf_counter() - t0, 1)}) + "\n")
+            record = {"step": step, "loss": round(loss_g.item(), 5), "fake_loss": round(loss_f.item(), 5),
+                      "to_teacher": round(distance, 5), "exit_step": exit_step, "s": round(time.perf_counter() - t0, 1)}
+            if loss_d is not None:
+                record["data_loss"] = round(loss_d.item(), 5)
+            log.write(json.dumps(record) + "\n")
             log.flush()
         if step % cfg.save_every == 0:
             _save(out, generator, fake, step, cfg)
