@@ -103,6 +103,8 @@ class TrainDiTConfig:
     ode_weight: float = 1.0  # distill: weight of the ODE regression beside the diffusion-forcing term
     fake_lr: float = 1e-4  # selfforce: learning rate of the fake score
     fake_updates: int = 2  # selfforce: fake-score updates per generator update
+    dmd_background: float = 1.0  # selfforce: weight of the latent pixels outside the face in the DMD loss (0: DMD
+    # shapes the face and mouth alone, and the background stays the init's, held there by the data anchor)
     data_weight: float = 0.0  # selfforce: weight of the diffusion-forcing loss on real clips beside DMD (an
     # anchor to the data: DMD alone follows the teacher, whose identity is weaker than the student's)
     audio_encoder: str = ""  # a pretrained conv audio encoder (engine.train.audio_encoder) replacing the MLP
@@ -232,10 +234,10 @@ def phase_at(cfg: TrainDiTConfig, progress: float) -> Phase:
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor, phase: Phase,
-               frame_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """The facial-mask loss: squared error weighted by 1 + λ_face·face + λ_mouth·mouth on the latent grid;
-    `frame_weight` [B, F] (0 or 1) keeps only some frames."""
-    w = 1 + phase.face_weight * masks[:, :1] + phase.mouth_weight * masks[:, 1:]  # [B, 1, F, h, w]
+               frame_weight: torch.Tensor | None = None, background: float = 1.0) -> torch.Tensor:
+    """The facial-mask loss: squared error weighted by `background` + λ_face·face + λ_mouth·mouth on the latent
+    grid (`background` 0: the face alone counts); `frame_weight` [B, F] (0 or 1) keeps only some frames."""
+    w = background + phase.face_weight * masks[:, :1] + phase.mouth_weight * masks[:, 1:]  # [B, 1, F, h, w]
     if frame_weight is not None:
         w = w * frame_weight[:, None, :, None, None]
     return (w * (pred.float() - target.float()) ** 2).sum() / (w.sum() * pred.shape[1]).clamp(min=1)

@@ -17,6 +17,8 @@ taken on the whole rollout by distribution matching distillation (DMD, as CausVi
   4. with `data_weight` > 0, the diffusion-forcing loss on real clips (the earlier stages' loss) is added to
      the generator's: DMD pulls towards the teacher's distribution, this keeps it on the data's, the
      portrait's identity above all (the teacher renders identity worse than the distilled student).
+     `dmd_background` < 1 lowers DMD's weight outside the face: the identity the evaluation reads follows
+     the static backdrop, which the teacher paints worse than the student.
 
 Writes like engine/train/dit.py (same config, data cache, logs, checkpoints, resume): `talkstream train
 demo-selfforce --init DISTILLED --teacher TEACHER`.
@@ -144,7 +146,7 @@ def train_selfforce(cfg: TrainDiTConfig) -> dict[str, float]:
             fake_x0 = predict_x0(fake, x_t, ref, sigma, audio, expression, cfg, grid)
             weight = (x0.detach() - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp(min=1e-6)
             target = x0.detach() - (fake_x0 - real) / weight
-        loss_g = masked_mse(x0, target, masks, phase)
+        loss_g = masked_mse(x0, target, masks, phase, background=cfg.dmd_background)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         loss_d = data_loss(generator, data, cfg, grid, phase, True, g) if cfg.data_weight else None
