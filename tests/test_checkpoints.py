@@ -128,3 +128,28 @@ def test_refusals_name_the_problem(tmp_path, model):
     with pytest.raises(CheckpointError, match="pass the config"):
         save_file(state, str(tmp_path / "noconf.safetensors"))
         load_dit(tmp_path / "noconf.safetensors")
+
+
+def test_int8_delta_rebuilds_a_model_from_its_base(tmp_path, model):
+    from engine.checkpoints.delta import pack, unpack
+
+    base = DiT(TINY).eval()
+    with torch.no_grad():  # a model trained on from `base`: near it, not equal
+        for p, q in zip(model.parameters(), base.parameters()):
+            p.copy_(q + 0.01 * torch.randn_like(q))
+    save_dit(tmp_path / "base.safetensors", base)
+    save_dit(tmp_path / "m.safetensors", model, stage="teacher")
+    pack(tmp_path / "m.safetensors", tmp_path / "base.safetensors", tmp_path / "delta.safetensors")
+    unpack(tmp_path / "delta.safetensors", tmp_path / "base.safetensors", tmp_path / "back.safetensors")
+    back = load_dit(tmp_path / "back.safetensors").eval()
+    assert back.cfg == TINY
+    for (name, p), q in zip(model.named_parameters(), back.parameters()):
+        step = (p - dict(base.named_parameters())[name]).abs().max() / 127
+        assert (p - q).abs().max() <= step / 2 + 1e-6, name
+    assert (outputs(back) - outputs(model)).abs().max() < 1e-2
+    other = DiT(TINY.__class__(**{**TINY.__dict__, "num_layers": 1}))
+    save_dit(tmp_path / "other.safetensors", other)
+    with pytest.raises(CheckpointError, match="different tensors"):
+        pack(tmp_path / "m.safetensors", tmp_path / "other.safetensors", tmp_path / "x.safetensors")
+    with pytest.raises(CheckpointError, match="not a delta"):
+        unpack(tmp_path / "m.safetensors", tmp_path / "base.safetensors", tmp_path / "x.safetensors")
