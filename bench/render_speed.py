@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.generate.avatar import load_avatar, shipped_portraits
+from engine.generate.avatar import AvatarFiles, load_avatar, shipped_portraits
 from engine.generate.long_video import LongVideoConfig
 from engine.generate.render import RenderConfig, render
 from engine.generate.shots import Shot, write_wav
@@ -139,6 +139,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=20.0, help="film length of the speed rows")
     ap.add_argument("--minutes", type=float, default=0.0, help="render a film this long per method and score it")
+    ap.add_argument("--dit", default=str(AvatarFiles().dit), help="the student DiT (default: the shipped one)")
     ap.add_argument("--teacher", help="teacher DiT safetensors: adds the teacher rows to the speed table")
     ap.add_argument("--teacher-steps", type=int, default=24)
     ap.add_argument("--rows", default=",".join(f"{m}-{k}" for m, k in ROWS), help="method-model rows of the speed table")
@@ -160,7 +161,7 @@ def main() -> None:
           f"joins measured: {args.measure_joins}; load average {open('/proc/loadavg').read().split()[:3]}")
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
-    avatar = load_avatar(device=device)
+    avatar = load_avatar(AvatarFiles(dit=Path(args.dit)), device=device)
     teacher = None
     if args.teacher:
         from engine.checkpoints.wan import load_dit

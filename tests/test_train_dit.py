@@ -64,8 +64,8 @@ def test_three_stages_train_save_and_resume(setup):
     after = load_dit(root / "selfforce" / "final.safetensors").state_dict()
     before = load_dit(root / "distill" / "final.safetensors").state_dict()
     assert any(not torch.equal(after[k], before[k]) for k in before)  # the rollouts moved the generator
-    train(replace(selfforce, out=str(root / "anchored"), data_weight=1.0, dmd_background=0.0, steps=1))  # DMD on the
-    # face, the real-clip anchor everywhere
+    train(replace(selfforce, out=str(root / "anchored"), data_weight=1.0, dmd_region="mouth", steps=1))  # DMD on
+    # the mouth, the real-clip anchor everywhere
     anchored = [r for r in _log(root / "anchored") if "loss" in r]
     assert len(anchored) == 1 and 0 < anchored[0]["data_loss"] < 10
 
@@ -162,6 +162,21 @@ def test_fsdp_under_torchrun_on_cpu_resumes_on_another_process_count(setup, tmp_
     one = load_dit(run / "final.safetensors")
     assert {k: v.shape for k, v in one.state_dict().items()} == {k: v.shape for k, v in two.state_dict().items()}
     assert any((a - b).abs().max() > 0 for a, b in zip(one.state_dict().values(), two.state_dict().values()))
-    # background 0 (self-forcing's DMD on the face alone): an error outside the face costs nothing
-    assert masked_mse(elsewhere, target, masks, PHASES[0], background=0.0) == 0
-    assert masked_mse(mouth, target, masks, PHASES[0], background=0.0) > 0
+
+
+def test_dmd_regions_leave_the_rest_of_the_frame_alone():
+    from engine.train.selfforce import dmd_loss
+
+    target, masks = torch.zeros(1, 4, 1, 4, 4), torch.zeros(1, 2, 1, 4, 4)
+    masks[:, 0, :, :2, :2] = 1  # the face: the top-left quarter
+    masks[:, 1, :, 0, 0] = 1  # the mouth: one latent pixel inside it
+    at = {}
+    for name, (i, j) in {"mouth": (0, 0), "face": (1, 1), "background": (3, 3)}.items():
+        at[name] = target.clone()
+        at[name][..., i, j] = 1
+    phase = PHASES[0]
+    assert dmd_loss(at["background"], target, masks, phase, "frame") == masked_mse(at["background"], target, masks, phase) > 0
+    assert dmd_loss(at["background"], target, masks, phase, "face") == 0 < dmd_loss(at["face"], target, masks, phase, "face")
+    assert dmd_loss(at["face"], target, masks, phase, "mouth") == 0 < dmd_loss(at["mouth"], target, masks, phase, "mouth")
+    with pytest.raises(ConfigError, match="dmd_region"):
+        TrainDiTConfig("selfforce", dmd_region="lips")

@@ -54,6 +54,7 @@ from engine.models.vae import CausalVAE
 from engine.train.widen import widen_dit
 
 STAGES = ("teacher", "student", "distill", "selfforce")
+DMD_REGIONS = ("frame", "face", "mouth")
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,8 @@ class TrainDiTConfig:
     ode_weight: float = 1.0  # distill: weight of the ODE regression beside the diffusion-forcing term
     fake_lr: float = 1e-4  # selfforce: learning rate of the fake score
     fake_updates: int = 2  # selfforce: fake-score updates per generator update
-    dmd_background: float = 1.0  # selfforce: weight of the latent pixels outside the face in the DMD loss (0: DMD
-    # shapes the face and mouth alone, and the background stays the init's, held there by the data anchor)
+    dmd_region: str = "frame"  # selfforce: where DMD applies: the whole frame under the facial mask, the face alone
+    # or the mouth alone (elsewhere the generator stays the init's, held there by the data anchor)
     data_weight: float = 0.0  # selfforce: weight of the diffusion-forcing loss on real clips beside DMD (an
     # anchor to the data: DMD alone follows the teacher, whose identity is weaker than the student's)
     audio_encoder: str = ""  # a pretrained conv audio encoder (engine.train.audio_encoder) replacing the MLP
@@ -127,6 +128,8 @@ class TrainDiTConfig:
             raise ConfigError("the curriculum's last phase must run until 1.0")
         if any(p.frames % self.chunk for p in self.phases):
             raise ConfigError(f"every phase's frames must be a multiple of chunk={self.chunk}")
+        if self.dmd_region not in DMD_REGIONS:
+            raise ConfigError(f"unknown dmd_region {self.dmd_region!r}; choose one of {list(DMD_REGIONS)}")
 
 
 # The committed configs of the demo model, one per stage (data/out/paths are given on the command line).

@@ -17,8 +17,8 @@ taken on the whole rollout by distribution matching distillation (DMD, as CausVi
   4. with `data_weight` > 0, the diffusion-forcing loss on real clips (the earlier stages' loss) is added to
      the generator's: DMD pulls towards the teacher's distribution, this keeps it on the data's, the
      portrait's identity above all (the teacher renders identity worse than the distilled student).
-     `dmd_background` < 1 lowers DMD's weight outside the face: the identity the evaluation reads follows
-     the static backdrop, which the teacher paints worse than the student.
+     `dmd_region` "face" or "mouth" keeps DMD off the rest of the frame (the teacher renders the backdrop and
+     the face's identity worse than the distilled student), where the anchor alone acts.
 
 Writes like engine/train/dit.py (same config, data cache, logs, checkpoints, resume): `talkstream train
 demo-selfforce --init DISTILLED --teacher TEACHER`.
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ from engine.errors import ConfigError
 from engine.generate.streaming import sigma_list
 from engine.models.attention import KVCache
 from engine.models.dit import DiT, emotion_tokens
-from engine.train.dit import (LatentClips, TrainDiTConfig, data_loss, latent_clips, layout_for, masked_mse,
+from engine.train.dit import (LatentClips, Phase, TrainDiTConfig, data_loss, latent_clips, layout_for, masked_mse,
                               save_checkpoint, velocity)
 
 
@@ -82,6 +82,14 @@ def rollout(generator: DiT, data: LatentClips, clips: torch.Tensor, starts: torc
         cache.advance(c)
         chunks.append(x0)
     return torch.cat(chunks, 2)
+
+
+def dmd_loss(x0: torch.Tensor, target: torch.Tensor, masks: torch.Tensor, phase: Phase, region: str) -> torch.Tensor:
+    """DMD's regression of x̂0 on its target, over `region`: "frame" (the facial-mask weights), "face" (the
+    face and mouth terms alone) or "mouth" (the mouth term alone)."""
+    if region == "frame":
+        return masked_mse(x0, target, masks, phase)
+    return masked_mse(x0, target, masks, replace(phase, face_weight=0.0) if region == "mouth" else phase, background=0.0)
 
 
 def predict_x0(model: DiT, x: torch.Tensor, ref: torch.Tensor, sigma: torch.Tensor, audio: torch.Tensor,
@@ -146,7 +154,7 @@ def train_selfforce(cfg: TrainDiTConfig) -> dict[str, float]:
             fake_x0 = predict_x0(fake, x_t, ref, sigma, audio, expression, cfg, grid)
             weight = (x0.detach() - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp(min=1e-6)
             target = x0.detach() - (fake_x0 - real) / weight
-        loss_g = masked_mse(x0, target, masks, phase, background=cfg.dmd_background)
+        loss_g = dmd_loss(x0, target, masks, phase, cfg.dmd_region)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         loss_d = data_loss(generator, data, cfg, grid, phase, True, g) if cfg.data_weight else None
