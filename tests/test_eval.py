@@ -114,6 +114,10 @@ def test_heldout_rows_include_the_student_per_decoder(tmp_path):
                            "student 1 steps, true history, tiny decoder"}
     assert scores["ground truth"]["lip_sync_r"] >= 0.9 > scores["wrong audio"]["lip_sync_r"]
     assert all(scores[row]["clips"] == 1 for row in scores)
+    truth, student = scores["ground truth"], scores["student 1 steps, tiny decoder"]
+    assert truth["identity_face"] == truth["identity_backdrop"] == pytest.approx(truth["identity"], abs=1e-6)
+    # the student's identity in two halves: each half holds the true other half, so reads at least as high
+    assert min(student["identity_face"], student["identity_backdrop"]) >= student["identity"] - 0.02
 
 
 @pytest.mark.skipif(not (MOUTH_READER.exists() and IDENTITY.exists()), reason="no shipped readers yet")

@@ -64,10 +64,10 @@ def test_three_stages_train_save_and_resume(setup):
     after = load_dit(root / "selfforce" / "final.safetensors").state_dict()
     before = load_dit(root / "distill" / "final.safetensors").state_dict()
     assert any(not torch.equal(after[k], before[k]) for k in before)  # the rollouts moved the generator
-    train(replace(selfforce, out=str(root / "anchored"), data_weight=1.0, dmd_region="mouth", steps=1))  # DMD on
-    # the mouth, the real-clip anchor everywhere
+    train(replace(selfforce, out=str(root / "anchored"), data_weight=1.0, dmd_region="mouth",
+                  backdrop_weight=1.0, steps=1))  # DMD on the mouth, the real-clip anchor everywhere, the backdrop held
     anchored = [r for r in _log(root / "anchored") if "loss" in r]
-    assert len(anchored) == 1 and 0 < anchored[0]["data_loss"] < 10
+    assert len(anchored) == 1 and 0 < anchored[0]["data_loss"] < 10 and 0 < anchored[0]["backdrop_loss"] < 10
 
 
 def test_latent_cache_is_written_once_and_read_by_later_stages(setup, tmp_path):
@@ -178,5 +178,14 @@ def test_dmd_regions_leave_the_rest_of_the_frame_alone():
     assert dmd_loss(at["background"], target, masks, phase, "frame") == masked_mse(at["background"], target, masks, phase) > 0
     assert dmd_loss(at["background"], target, masks, phase, "face") == 0 < dmd_loss(at["face"], target, masks, phase, "face")
     assert dmd_loss(at["face"], target, masks, phase, "mouth") == 0 < dmd_loss(at["mouth"], target, masks, phase, "mouth")
+    from engine.train.selfforce import backdrop_loss
+
+    masks = torch.zeros(1, 2, 1, 6, 6)
+    masks[:, 0, :, 2:4, 2:4] = 1  # the face in the middle; a pixel around it still counts as the face
+    near, far = target.new_zeros(1, 4, 1, 6, 6), target.new_zeros(1, 4, 1, 6, 6)
+    near[..., 1, 1] = 1
+    far[..., 5, 5] = 1
+    zero = torch.zeros(1, 4, 1, 6, 6)
+    assert backdrop_loss(near, zero, masks) == 0 < backdrop_loss(far, zero, masks)
     with pytest.raises(ConfigError, match="dmd_region"):
         TrainDiTConfig("selfforce", dmd_region="lips")

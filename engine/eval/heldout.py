@@ -16,7 +16,9 @@ For each clip: the portrait is its first frame; the audio is its audio. Rows:
     row above is what the student loses to its own history (exposure bias), the rest it loses in each chunk;
   * teacher — the bidirectional DiT over the whole clip (24 Euler steps, audio CFG 2).
 Lip sync: Pearson r of the read opening against the true opening, and the lag at the cross-correlation
-peak. Identity: cosine similarity of each frame's embedding to the portrait's. Silence: the read opening in
+peak. Identity: cosine similarity of each frame's embedding to the portrait's; `identity_face` reads the row's
+face (the clip's face mask, widened) on the true backdrop, `identity_backdrop` the true face on the row's backdrop,
+so a loss of identity shows where it sits. Silence: the read opening in
 frames at least 0.2 s from speech, against the same reading of the ground-truth frames (its 95th percentile
 is the idle range).
 """
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from engine.audio.features import AudioFeatureConfig, latent_audio_windows, log_mel
 from engine.data.synthtalk import ClipArrays, SynthTalk
@@ -54,17 +57,39 @@ def quiet_frames(speaking: np.ndarray, fps: int = 25, margin_s: float = 0.2) -> 
     return ~padded
 
 
+def face_region(clip: ClipArrays, size: int, frames: int) -> torch.Tensor:
+    """The clip's face mask at `size`, widened by 7 % of the frame (the jaw and cheeks as they move): float
+    [T, S, S, 1], 1 on the face."""
+    face = torch.from_numpy(clip.truth["face_mask"][:frames]).float()[:, None] / 255
+    face = F.interpolate(face, size=(size, size), mode="area")
+    k = 2 * max(1, round(0.035 * size)) + 1
+    return (F.max_pool2d(face, k, 1, k // 2) > 0.05).float().permute(0, 2, 3, 1)
+
+
 def score_frames(frames: torch.Tensor, clip: ClipArrays, portrait: torch.Tensor, readers: Readers,
-                 truth_open: np.ndarray | None = None) -> dict[str, float]:
+                 truth_open: np.ndarray | None = None, real: torch.Tensor | None = None) -> dict[str, float]:
+    """With `real` (the clip's true frames), identity is also read in two halves: the frames' face on the true
+    backdrop (`identity_face`) and the true face on the frames' backdrop (`identity_backdrop`), which says
+    where a generator loses the portrait."""
     n = min(len(frames), len(clip.truth["mouth_open"]))
     read = readers.mouth.read(frames[:n])[:, 0].numpy()
     truth = (truth_open if truth_open is not None else clip.truth["mouth_open"])[:n]
     sync = lip_sync(read, truth)
     ref = readers.identity.embed(portrait[None])[0]
-    ident = (readers.identity.embed(frames[:n]) @ ref).numpy()
+
+    def identity(x: torch.Tensor) -> float:
+        return float((readers.identity.embed(x) @ ref).mean())
+
     quiet = quiet_frames(clip.truth["speaking"][:n])
-    return {"lip_sync_r": sync.correlation, "lag_ms": sync.lag_ms, "identity": float(ident.mean()),
-            "silent_open_p95": float(np.percentile(read[quiet], 95)) if quiet.any() else float("nan")}
+    scores = {"lip_sync_r": sync.correlation, "lag_ms": sync.lag_ms, "identity": identity(frames[:n]),
+              "silent_open_p95": float(np.percentile(read[quiet], 95)) if quiet.any() else float("nan")}
+    if real is not None:
+        n = min(n, len(real))
+        face = face_region(clip, frames.shape[1], n)
+        ours, true = frames[:n].float(), real[:n].float()
+        scores["identity_face"] = identity((face * ours + (1 - face) * true).round().to(torch.uint8))
+        scores["identity_backdrop"] = identity((face * true + (1 - face) * ours).round().to(torch.uint8))
+    return scores
 
 
 def student_frames(avatar: Avatar, portrait: np.ndarray, clip: ClipArrays, steps: int, seed: int,
@@ -143,7 +168,7 @@ def evaluate(data: str, files: AvatarFiles, readers: Readers, clips: int = 16, s
         portrait = fit_square(clip.frames[0], avatar.resolution)
         portrait_t = torch.from_numpy(portrait)
         real = torch.from_numpy(np.stack([fit_square(f, avatar.resolution) for f in clip.frames]))
-        rows.setdefault("ground truth", []).append(score_frames(real, clip, portrait_t, readers))
+        rows.setdefault("ground truth", []).append(score_frames(real, clip, portrait_t, readers, real=real))
         k = avatar.vae.cfg.temporal_stride
         t = 1 + (len(real) - 1) // k * k
         with torch.no_grad():  # the VAE's own ceiling: the real frames through encode and decode
@@ -151,13 +176,14 @@ def evaluate(data: str, files: AvatarFiles, readers: Readers, clips: int = 16, s
             video = real[:t].permute(3, 0, 1, 2)[None].to(p.device, p.dtype) / 127.5 - 1
             truth = avatar.vae.encode(video)
             round_trip = to_uint8(avatar.vae.decode(truth))
-        rows.setdefault("ground truth through the VAE", []).append(score_frames(round_trip, clip, portrait_t, readers))
+        rows.setdefault("ground truth through the VAE", []).append(
+            score_frames(round_trip, clip, portrait_t, readers, real=real))
         if "tiny" in decoders:
             tiny = avatar.decoder("tiny")
             with torch.no_grad():
                 tiny_trip = torch.cat([tiny.decode(truth[:, :, j:j + 1]) for j in range(truth.shape[2])])
             rows.setdefault("ground truth through the tiny decoder", []).append(
-                score_frames(tiny_trip, clip, portrait_t, readers))
+                score_frames(tiny_trip, clip, portrait_t, readers, real=real))
         n = min(len(clip.frames), len(other.frames))
         rows.setdefault("wrong audio", []).append(score_frames(real[:n], clip, portrait_t, readers,
                                                                other.truth["mouth_open"][:n]))
@@ -165,14 +191,14 @@ def evaluate(data: str, files: AvatarFiles, readers: Readers, clips: int = 16, s
             for decoder in decoders:
                 frames = student_frames(avatar, portrait, clip, s, seed + i, decoder, audio_guidance, window)
                 name = f"student {s} steps" + ("" if decoder == "vae" else f", {decoder} decoder")
-                rows.setdefault(name, []).append(score_frames(frames, clip, portrait_t, readers))
+                rows.setdefault(name, []).append(score_frames(frames, clip, portrait_t, readers, real=real))
                 if true_history:
                     frames = true_history_frames(avatar, portrait, clip, truth, s, seed + i, decoder)
                     name = f"student {s} steps, true history" + ("" if decoder == "vae" else f", {decoder} decoder")
-                    rows.setdefault(name, []).append(score_frames(frames, clip, portrait_t, readers))
+                    rows.setdefault(name, []).append(score_frames(frames, clip, portrait_t, readers, real=real))
         if teacher is not None:
             frames = teacher_frames(avatar, teacher, portrait, clip, seed + i)
-            rows.setdefault("teacher", []).append(score_frames(frames, clip, portrait_t, readers))
+            rows.setdefault("teacher", []).append(score_frames(frames, clip, portrait_t, readers, real=real))
     return {name: {k: float(np.nanmean([r[k] for r in rs])) for k in rs[0]} | {"clips": len(rs)}
             for name, rs in rows.items()}
 

@@ -106,6 +106,9 @@ class TrainDiTConfig:
     fake_updates: int = 2  # selfforce: fake-score updates per generator update
     dmd_region: str = "frame"  # selfforce: where DMD applies: the whole frame under the facial mask, the face alone
     # or the mouth alone (elsewhere the generator stays the init's, held there by the data anchor)
+    backdrop_weight: float = 0.0  # selfforce: weight of a regression of the rollouts' backdrop (latent pixels over
+    # one pixel away from the face) on the clip's true latents: a portrait's backdrop stays still as it talks, and
+    # the backdrop is where the students lose identity (engine/eval/heldout.py's identity_backdrop)
     data_weight: float = 0.0  # selfforce: weight of the diffusion-forcing loss on real clips beside DMD (an
     # anchor to the data: DMD alone follows the teacher, whose identity is weaker than the student's)
     audio_encoder: str = ""  # a pretrained conv audio encoder (engine.train.audio_encoder) replacing the MLP

@@ -19,6 +19,8 @@ taken on the whole rollout by distribution matching distillation (DMD, as CausVi
      portrait's identity above all (the teacher renders identity worse than the distilled student).
      `dmd_region` "face" or "mouth" keeps DMD off the rest of the frame (the teacher renders the backdrop and
      the face's identity worse than the distilled student), where the anchor alone acts.
+  5. with `backdrop_weight` > 0, the rollout's backdrop (over a latent pixel away from the face) regresses on
+     the clip's true latents: it is still in a talking portrait, so there the truth is the one right answer.
 
 Writes like engine/train/dit.py (same config, data cache, logs, checkpoints, resume): `talkstream train
 demo-selfforce --init DISTILLED --teacher TEACHER`.
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from engine.checkpoints.io import read_state
 from engine.checkpoints.wan import load_dit, save_dit
@@ -92,6 +95,13 @@ def dmd_loss(x0: torch.Tensor, target: torch.Tensor, masks: torch.Tensor, phase:
     return masked_mse(x0, target, masks, replace(phase, face_weight=0.0) if region == "mouth" else phase, background=0.0)
 
 
+def backdrop_loss(x0: torch.Tensor, truth: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the latent pixels more than one pixel away from the face mask."""
+    face = F.max_pool3d(masks[:, :1].float(), (1, 3, 3), 1, (0, 1, 1))
+    w = 1 - face
+    return (w * (x0.float() - truth.float()) ** 2).sum() / (w.sum() * x0.shape[1]).clamp(min=1)
+
+
 def predict_x0(model: DiT, x: torch.Tensor, ref: torch.Tensor, sigma: torch.Tensor, audio: torch.Tensor,
                expression: torch.Tensor, cfg: TrainDiTConfig, grid, scale: float = 1.0) -> torch.Tensor:
     """x0 predicted by a bidirectional score model at per-sample σ [B], with audio CFG `scale`."""
@@ -140,7 +150,7 @@ def train_selfforce(cfg: TrainDiTConfig) -> dict[str, float]:
     while step < cfg.steps and not (cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s):
         clips = torch.randint(n, (cfg.batch,), generator=g, device=device)
         starts = torch.randint(1, length - frames + 1, (cfg.batch,), generator=g, device=device)
-        _, ref, audio, masks = data.window(clips, starts, frames)
+        truth, ref, audio, masks = data.window(clips, starts, frames)
         expression = data.expression[clips]
         exit_step = int(torch.randint(cfg.few_steps, (1,), generator=g, device=device))
         x0 = rollout(generator, data, clips, starts, cfg, grid, exit_step, g)
@@ -155,6 +165,9 @@ def train_selfforce(cfg: TrainDiTConfig) -> dict[str, float]:
             weight = (x0.detach() - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp(min=1e-6)
             target = x0.detach() - (fake_x0 - real) / weight
         loss_g = dmd_loss(x0, target, masks, phase, cfg.dmd_region)
+        if cfg.backdrop_weight:
+            loss_b = backdrop_loss(x0, truth, masks)
+            loss_g = loss_g + cfg.backdrop_weight * loss_b
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         loss_d = data_loss(generator, data, cfg, grid, phase, True, g) if cfg.data_weight else None
@@ -188,6 +201,8 @@ def train_selfforce(cfg: TrainDiTConfig) -> dict[str, float]:
                       "to_teacher": round(distance, 5), "exit_step": exit_step, "s": round(time.perf_counter() - t0, 1)}
             if loss_d is not None:
                 record["data_loss"] = round(loss_d.item(), 5)
+            if cfg.backdrop_weight:
+                record["backdrop_loss"] = round(loss_b.item(), 5)
             log.write(json.dumps(record) + "\n")
             log.flush()
         if step % cfg.save_every == 0:

@@ -40,6 +40,14 @@
 #   TEACHER=$T DISTILL_INIT=engine/assets/demo-dit.safetensors DISTILL_DIR=/tmp/distillW DISTILL_S=160 END_S=245 \
 #     demo-retrain.sh distill                                 # 674 steps from the seventh student (window 2 = default)
 #   DISTILL_DIR=/tmp/distillW SF_S=300 END_S=430 demo-retrain.sh selfforce   # next call, warm machine (not shipped)
+# The fifth session's self-forcing runs (2026-12-07; not shipped: docs/demo-model.md, "Self-forcing anchored to the data"):
+#   TINY=0 END_S=300 demo-retrain.sh teacher                                       # 3,400 steps from the shipped student
+#   SF_INIT=engine/assets/demo-dit.safetensors SF_DIR=/tmp/sfB SF_S=200 END_S=270 SF_ARGS="--data-weight 2" \
+#     demo-retrain.sh selfforce   # beside /tmp/sfA (--data-weight 0.5) and /tmp/sfC (--data-weight 2 --teacher-guidance 1.5)
+#   the same with SF_S=430 END_S=490 in the next call on the warm machine: each resumes, ~296 steps in all
+#   python -m engine.checkpoints.delta unpack runs/carry/teacher-delta.safetensors engine/assets/demo-dit.safetensors $T
+#   TEACHER=$T SF_INIT=engine/assets/demo-dit.safetensors SF_DIR=/tmp/sfD SF_S=250 END_S=420 \
+#     SF_ARGS="--data-weight 2 --dmd-region face" demo-retrain.sh selfforce        # a later call, alone: 192 steps
 # Each stage starts from the shipped weights of its model. Where the VAE preset has more latent channels than the
 # shipped VAE (2026-12-05: 16 -> 32), the trainers widen the shipped weights first (engine/train/widen.py): the
 # VAE, the teacher (from the shipped student) and the tiny decoder all start from what already works.
