@@ -107,7 +107,7 @@ def test_heldout_rows_include_the_student_per_decoder(tmp_path):
 
     synthesize_dataset(tmp_path, 2, 2.0, 128, seed=11, eval_fraction=1.0)
     scores = evaluate(str(tmp_path), AvatarFiles(), Readers(*load_readers()), clips=1, steps=(1,),
-                      decoders=("vae", "tiny"), true_history=True)
+                      decoders=("vae", "tiny"), true_history=True, identity_halves=True)
     assert set(scores) == {"ground truth", "ground truth through the VAE", "ground truth through the tiny decoder",
                            "wrong audio", "student 1 steps",
                            "student 1 steps, tiny decoder", "student 1 steps, true history",
@@ -133,6 +133,7 @@ def test_heldout_scores_the_training_pool_when_asked(tmp_path):
     readers = Readers(*load_readers())
     scores = evaluate(str(tmp_path), AvatarFiles(), readers, clips=1, steps=(), split="train")
     assert scores["ground truth"]["clips"] == 1 and scores["ground truth"]["lip_sync_r"] >= 0.9
+    assert "identity_face" not in scores["ground truth"]  # the halves only when asked for
     with pytest.raises(DataError, match="no eval clips"):
         evaluate(str(tmp_path), AvatarFiles(), readers, clips=1, steps=())
 

@@ -16,9 +16,9 @@ For each clip: the portrait is its first frame; the audio is its audio. Rows:
     row above is what the student loses to its own history (exposure bias), the rest it loses in each chunk;
   * teacher — the bidirectional DiT over the whole clip (24 Euler steps, audio CFG 2).
 Lip sync: Pearson r of the read opening against the true opening, and the lag at the cross-correlation
-peak. Identity: cosine similarity of each frame's embedding to the portrait's; `identity_face` reads the row's
-face (the clip's face mask, widened) on the true backdrop, `identity_backdrop` the true face on the row's backdrop,
-so a loss of identity shows where it sits. Silence: the read opening in
+peak. Identity: cosine similarity of each frame's embedding to the portrait's; with `--identity-halves`,
+`identity_face` reads the row's face (the clip's face mask, widened) on the true backdrop and `identity_backdrop` the
+true face on the row's backdrop, so a loss of identity shows where it sits. Silence: the read opening in
 frames at least 0.2 s from speech, against the same reading of the ground-truth frames (its 95th percentile
 is the idle range).
 """
@@ -146,14 +146,16 @@ def teacher_frames(avatar: Avatar, teacher, portrait: np.ndarray, clip: ClipArra
 def evaluate(data: str, files: AvatarFiles, readers: Readers, clips: int = 16, steps: tuple[int, ...] = (4, 2, 1),
              teacher_path: str = "", device: str = "cpu", seed: int = 0,
              decoders: tuple[str, ...] = ("vae",), true_history: bool = False,
-             split: str = "eval", audio_guidance: float = 1.0, window: int = 0) -> dict[str, dict[str, float]]:
+             split: str = "eval", audio_guidance: float = 1.0, window: int = 0,
+             identity_halves: bool = False) -> dict[str, dict[str, float]]:
     """The rows of the module doc; the student's rows once per decoder in `decoders` (the VAE's named
     "student N steps", the tiny decoder's "student N steps, tiny decoder"), and with `true_history` each
     of them again fed the true history ("student N steps, true history[, tiny decoder]"). `split` "train"
     scores clips of the training pool instead (voices, sentences and identities the models were trained on):
     the generalisation gap. `audio_guidance` above 1 runs the student rows with audio CFG (a second pass without
     the audio per step), as `StreamConfig.audio_guidance` does in a session; `window` > 0 gives them that KV
-    window (latent frames of history) instead of the session default."""
+    window (latent frames of history) instead of the session default. `identity_halves` adds `identity_face` and
+    `identity_backdrop` to every row but the floor (score_frames; ~50 % more time)."""
     avatar = load_avatar(files, device=device)
     teacher = None
     if teacher_path:
@@ -168,7 +170,8 @@ def evaluate(data: str, files: AvatarFiles, readers: Readers, clips: int = 16, s
         portrait = fit_square(clip.frames[0], avatar.resolution)
         portrait_t = torch.from_numpy(portrait)
         real = torch.from_numpy(np.stack([fit_square(f, avatar.resolution) for f in clip.frames]))
-        rows.setdefault("ground truth", []).append(score_frames(real, clip, portrait_t, readers, real=real))
+        halves = real if identity_halves else None
+        rows.setdefault("ground truth", []).append(score_frames(real, clip, portrait_t, readers, real=halves))
         k = avatar.vae.cfg.temporal_stride
         t = 1 + (len(real) - 1) // k * k
         with torch.no_grad():  # the VAE's own ceiling: the real frames through encode and decode
@@ -177,13 +180,13 @@ def evaluate(data: str, files: AvatarFiles, readers: Readers, clips: int = 16, s
             truth = avatar.vae.encode(video)
             round_trip = to_uint8(avatar.vae.decode(truth))
         rows.setdefault("ground truth through the VAE", []).append(
-            score_frames(round_trip, clip, portrait_t, readers, real=real))
+            score_frames(round_trip, clip, portrait_t, readers, real=halves))
         if "tiny" in decoders:
             tiny = avatar.decoder("tiny")
             with torch.no_grad():
                 tiny_trip = torch.cat([tiny.decode(truth[:, :, j:j + 1]) for j in range(truth.shape[2])])
             rows.setdefault("ground truth through the tiny decoder", []).append(
-                score_frames(tiny_trip, clip, portrait_t, readers, real=real))
+                score_frames(tiny_trip, clip, portrait_t, readers, real=halves))
         n = min(len(clip.frames), len(other.frames))
         rows.setdefault("wrong audio", []).append(score_frames(real[:n], clip, portrait_t, readers,
                                                                other.truth["mouth_open"][:n]))
@@ -191,14 +194,14 @@ def evaluate(data: str, files: AvatarFiles, readers: Readers, clips: int = 16, s
             for decoder in decoders:
                 frames = student_frames(avatar, portrait, clip, s, seed + i, decoder, audio_guidance, window)
                 name = f"student {s} steps" + ("" if decoder == "vae" else f", {decoder} decoder")
-                rows.setdefault(name, []).append(score_frames(frames, clip, portrait_t, readers, real=real))
+                rows.setdefault(name, []).append(score_frames(frames, clip, portrait_t, readers, real=halves))
                 if true_history:
                     frames = true_history_frames(avatar, portrait, clip, truth, s, seed + i, decoder)
                     name = f"student {s} steps, true history" + ("" if decoder == "vae" else f", {decoder} decoder")
-                    rows.setdefault(name, []).append(score_frames(frames, clip, portrait_t, readers, real=real))
+                    rows.setdefault(name, []).append(score_frames(frames, clip, portrait_t, readers, real=halves))
         if teacher is not None:
             frames = teacher_frames(avatar, teacher, portrait, clip, seed + i)
-            rows.setdefault("teacher", []).append(score_frames(frames, clip, portrait_t, readers, real=real))
+            rows.setdefault("teacher", []).append(score_frames(frames, clip, portrait_t, readers, real=halves))
     return {name: {k: float(np.nanmean([r[k] for r in rs])) for k in rs[0]} | {"clips": len(rs)}
             for name, rs in rows.items()}
 
@@ -225,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="audio CFG scale of the student rows (1: one conditional pass, the default of sessions)")
     ap.add_argument("--window", type=int, default=0,
                     help="latent frames of history in the student rows' KV window (0: the session default)")
+    ap.add_argument("--identity-halves", action="store_true",
+                    help="also read identity as the face on the true backdrop and the true face on the row's backdrop")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
@@ -232,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     scores = evaluate(args.data, AvatarFiles(Path(args.dit), Path(args.vae), Path(args.tiny)), Readers(mouth, identity),
                       args.clips, tuple(int(s) for s in args.steps.split(",") if s), args.teacher, args.device,
                       decoders=tuple(d for d in args.decoders.split(",") if d), true_history=args.true_history,
-                      split=args.split, audio_guidance=args.audio_guidance, window=args.window)
+                      split=args.split, audio_guidance=args.audio_guidance, window=args.window,
+                      identity_halves=args.identity_halves)
     text = json.dumps(scores, indent=1)
     print(text)
     if args.out:
