@@ -159,3 +159,44 @@ def test_heldout_student_rows_take_the_audio_guidance_and_window(tmp_path):
     assert torch.equal(student_frames(avatar, portrait, clip, 1, seed=0, decoder="tiny", window=2), plain)
     wide = student_frames(avatar, portrait, clip, 1, seed=0, decoder="tiny", window=8)
     assert wide.shape == plain.shape and not torch.equal(wide, plain)
+
+
+def test_sheet_rows_show_truth_student_and_their_difference():
+    from engine.errors import DataError
+    from engine.eval.strips import sheet_rows
+
+    truth = np.zeros((10, 8, 8, 3), np.uint8)
+    student = truth.copy()
+    student[:, :2, :2] = 50  # a blob in one corner of every student frame
+    sheet = sheet_rows(truth, student[:9], frames=3)  # the shorter of the two sets the times
+    assert sheet.shape == (24, 24, 3)
+    assert not sheet[:8].any() and sheet[8:16].max() == 50
+    diff = sheet[16:]
+    assert (diff[:2, :2] == 150).all() and diff[2:, 2:8].max() == 0  # ×3, and nothing where they agree
+    with pytest.raises(DataError):
+        sheet_rows(truth[:0], student, frames=3)
+
+
+def test_contact_sheet_of_a_held_out_clip(tmp_path):
+    """`python -m engine.eval.strips` streams the shipped student over a held-out clip and writes the three rows;
+    clips outside the split are refused with the split's size."""
+    from engine.data.synth import synthesize_dataset
+    from engine.data.synthtalk import SynthTalk
+    from engine.errors import DataError
+    from engine.eval.strips import contact_sheet, main
+    from engine.generate.avatar import AvatarFiles, fit_square
+
+    synthesize_dataset(tmp_path, 1, 1.0, 128, seed=5, eval_fraction=1.0)
+    sheet = contact_sheet(str(tmp_path), AvatarFiles(), [0], steps=1, frames=4)
+    clip = SynthTalk([str(tmp_path)], "eval").load(0)
+    s = sheet.shape[0] // 3
+    assert sheet.shape == (3 * s, 4 * s, 3)
+    assert np.array_equal(sheet[:s, :s], fit_square(clip.frames[0], s))  # the truth row starts on the portrait
+    assert sheet[s:2 * s].std() > 10  # the student drew a portrait, not a flat frame
+    with pytest.raises(DataError, match="0 to 0"):
+        contact_sheet(str(tmp_path), AvatarFiles(), [3], steps=1)
+    out = tmp_path / "sheet.png"
+    main(["--data", str(tmp_path), "--clips", "0", "--steps", "1", "--frames", "2", "--out", str(out)])
+    with av.open(str(out)) as f:
+        image = next(f.decode(video=0)).to_ndarray(format="rgb24")
+    assert image.shape == (3 * s, 2 * s, 3)

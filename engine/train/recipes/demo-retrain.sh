@@ -48,6 +48,13 @@
 #   python -m engine.checkpoints.delta unpack runs/carry/teacher-delta.safetensors engine/assets/demo-dit.safetensors $T
 #   TEACHER=$T SF_INIT=engine/assets/demo-dit.safetensors SF_DIR=/tmp/sfD SF_S=250 END_S=420 \
 #     SF_ARGS="--data-weight 2 --dmd-region face" demo-retrain.sh selfforce        # a later call, alone: 192 steps
+# The sixth session's self-forcing runs (2026-12-07; not shipped), the fifth's teacher carried as above, two side by side:
+#   TEACHER=$T SF_INIT=engine/assets/demo-dit.safetensors SF_DIR=/tmp/sfE SF_S=380 END_S=560 \
+#     SF_ARGS="--data-weight 2 --dmd-region mouth --backdrop-weight 1" demo-retrain.sh selfforce &
+#   (the same for /tmp/sfF with "--data-weight 2 --dmd-region face --backdrop-weight 2", started once sfE's log
+#   exists, i.e. once sfE has made the clips and the latent cache; END_S counts from each stage's own start, so
+#   the later one ran past the call's 600 s: give it END_S smaller by its delay)
+#   the same with SF_S=330 END_S=420, then SF_S=270 END_S=300, in the next two calls: ~286, then ~396 steps each
 # Each stage starts from the shipped weights of its model. Where the VAE preset has more latent channels than the
 # shipped VAE (2026-12-05: 16 -> 32), the trainers widen the shipped weights first (engine/train/widen.py): the
 # VAE, the teacher (from the shipped student) and the tiny decoder all start from what already works.
