@@ -71,3 +71,15 @@ def test_gradient_reaches_the_generator_through_the_exit_step_only():
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert grads["blocks.0.self_attn.q.weight"].abs().sum() > 0  # the chunk's own pass at the exit step
     assert grads["audio_proj.proj1.weight"].abs().sum() > 0  # the audio tokens of every chunk
+
+
+def test_a_longer_rollout_extends_the_shorter_one():
+    """`rollout_frames` streams past the last phase's frames; with the same noise, its first frames are the
+    shorter rollout's (each chunk sees only its history)."""
+    model, data, cfg, clips, starts = _setup(1, 2, 4)
+    with torch.no_grad():
+        short = rollout(model, data, clips, starts, cfg, (4, 4), 1, torch.Generator().manual_seed(5))
+        long = rollout(model, data, clips, starts, replace(cfg, rollout_frames=6), (4, 4), 1,
+                       torch.Generator().manual_seed(5))
+    assert short.shape[2] == 4 and long.shape[2] == 6
+    assert torch.allclose(long[:, :, :4], short, atol=1e-6)

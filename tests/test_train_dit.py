@@ -68,6 +68,14 @@ def test_three_stages_train_save_and_resume(setup):
                   backdrop_weight=1.0, steps=1))  # DMD on the mouth, the real-clip anchor everywhere, the backdrop held
     anchored = [r for r in _log(root / "anchored") if "loss" in r]
     assert len(anchored) == 1 and 0 < anchored[0]["data_loss"] < 10 and 0 < anchored[0]["backdrop_loss"] < 10
+    control = replace(selfforce, out=str(root / "control"), teacher="", dmd_weight=0.0, data_weight=1.0,
+                      backdrop_weight=1.0, rollout_frames=4, steps=1)  # no DMD: no teacher, no fake score
+    train(control)
+    rows = [r for r in _log(root / "control") if "loss" in r]
+    assert len(rows) == 1 and "fake_loss" not in rows[0] and 0 < rows[0]["backdrop_loss"] < 10
+    assert not (root / "control" / "fake.safetensors").exists()
+    with pytest.raises(ConfigError, match="at most"):
+        train(replace(control, out=str(root / "too-long"), rollout_frames=64))  # longer than the clips
 
 
 def test_latent_cache_is_written_once_and_read_by_later_stages(setup, tmp_path):
@@ -189,3 +197,7 @@ def test_dmd_regions_leave_the_rest_of_the_frame_alone():
     assert backdrop_loss(near, zero, masks) == 0 < backdrop_loss(far, zero, masks)
     with pytest.raises(ConfigError, match="dmd_region"):
         TrainDiTConfig("selfforce", dmd_region="lips")
+    with pytest.raises(ConfigError, match="rollout_frames"):
+        TrainDiTConfig("selfforce", chunk=2, rollout_frames=3)
+    with pytest.raises(ConfigError, match="nothing trains"):
+        TrainDiTConfig("selfforce", dmd_weight=0.0)

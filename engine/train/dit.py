@@ -111,6 +111,10 @@ class TrainDiTConfig:
     # the backdrop is where the students lose identity (engine/eval/heldout.py's identity_backdrop)
     data_weight: float = 0.0  # selfforce: weight of the diffusion-forcing loss on real clips beside DMD (an
     # anchor to the data: DMD alone follows the teacher, whose identity is weaker than the student's)
+    dmd_weight: float = 1.0  # selfforce: weight of DMD; 0 runs the stage without it (no teacher or fake-score passes):
+    # the rollouts trained by the anchor and the backdrop regression alone, the control of what DMD adds
+    rollout_frames: int = 0  # selfforce: latent frames of each rollout (0: the last phase's frames); as long as a
+    # stream evaluated, the losses see errors grow over a whole stream, not only its first frames
     audio_encoder: str = ""  # a pretrained conv audio encoder (engine.train.audio_encoder) replacing the MLP
     # projection of `init` (an init that has a conv encoder keeps its own: it was trained with it)
     train_audio_trunk: bool = False  # a conv encoder's trunk stays as pretrained unless this is set
@@ -133,6 +137,11 @@ class TrainDiTConfig:
             raise ConfigError(f"every phase's frames must be a multiple of chunk={self.chunk}")
         if self.dmd_region not in DMD_REGIONS:
             raise ConfigError(f"unknown dmd_region {self.dmd_region!r}; choose one of {list(DMD_REGIONS)}")
+        if self.rollout_frames < 0 or self.rollout_frames % self.chunk:
+            raise ConfigError(f"rollout_frames must be 0 (the last phase's frames) or a multiple of chunk={self.chunk}")
+        if self.dmd_weight < 0 or self.dmd_weight == 0 and not (self.data_weight or self.backdrop_weight):
+            raise ConfigError("dmd_weight must be >= 0, and with dmd_weight 0 give data_weight or backdrop_weight, "
+                              "or nothing trains the generator")
 
 
 # The committed configs of the demo model, one per stage (data/out/paths are given on the command line).

@@ -21,6 +21,9 @@ taken on the whole rollout by distribution matching distillation (DMD, as CausVi
      the face's identity worse than the distilled student), where the anchor alone acts.
   5. with `backdrop_weight` > 0, the rollout's backdrop (over a latent pixel away from the face) regresses on
      the clip's true latents: it is still in a talking portrait, so there the truth is the one right answer.
+  6. `dmd_weight` 0 drops DMD (and the teacher and fake score with it): the anchor and the backdrop regression
+     alone train the rollouts, the control of what DMD adds. `rollout_frames` sets a rollout's length (the last
+     phase's frames by default), up to a whole evaluated stream.
 
 Writes like engine/train/dit.py (same config, data cache, logs, checkpoints, resume): `talkstream train
 demo-selfforce --init DISTILLED --teacher TEACHER`.
@@ -56,7 +59,7 @@ def rollout(generator: DiT, data: LatentClips, clips: torch.Tensor, starts: torc
     [B, C, F, h, w], differentiable through each chunk's exit step only. The cache holds keys and values
     computed without gradient (the sink's, and each finished chunk's clean pass at σ = 0), so each step of
     each chunk costs one pass over that chunk alone, not over its history."""
-    frames = cfg.phases[-1].frames
+    frames = rollout_length(cfg)
     _, ref, audio, _ = data.window(clips, starts, frames)
     sigmas = sigma_list(cfg.few_steps, cfg.few_shift)[: exit_step + 1]
     audio_tokens = generator.encode_audio(audio)
@@ -85,6 +88,11 @@ def rollout(generator: DiT, data: LatentClips, clips: torch.Tensor, starts: torc
         cache.advance(c)
         chunks.append(x0)
     return torch.cat(chunks, 2)
+
+
+def rollout_length(cfg: TrainDiTConfig) -> int:
+    """Latent frames of each rollout: `rollout_frames`, or the last phase's frames."""
+    return cfg.rollout_frames or cfg.phases[-1].frames
 
 
 def dmd_loss(x0: torch.Tensor, target: torch.Tensor, masks: torch.Tensor, phase: Phase, region: str) -> torch.Tensor:
@@ -117,8 +125,9 @@ def predict_x0(model: DiT, x: torch.Tensor, ref: torch.Tensor, sigma: torch.Tens
 
 
 def train_selfforce(cfg: TrainDiTConfig) -> dict[str, float]:
-    if not cfg.init or not cfg.teacher:
-        raise ConfigError("selfforce needs --init (the distilled student) and --teacher (the teacher's weights)")
+    if not cfg.init or cfg.dmd_weight and not cfg.teacher:
+        raise ConfigError("selfforce needs --init (the distilled student) and, unless --dmd-weight 0, --teacher (the "
+                          "teacher's weights)")
     if not cfg.data and not cfg.latents or not cfg.out:
         raise ConfigError("name the data (--data FOLDER or --latents CACHE) and the run folder (--out FOLDER)")
     device = cfg.device
@@ -132,19 +141,23 @@ def train_selfforce(cfg: TrainDiTConfig) -> dict[str, float]:
     data = latent_clips(cfg, device)
     grid = tuple(data.latents.shape[-2:])
     generator = load_dit(cfg.init).to(device).train()
-    fake = load_dit(cfg.teacher).to(device).train()
-    teacher = load_dit(cfg.teacher).to(device).eval().requires_grad_(False)
+    fake = load_dit(cfg.teacher).to(device).train() if cfg.dmd_weight else None
+    teacher = load_dit(cfg.teacher).to(device).eval().requires_grad_(False) if cfg.dmd_weight else None
     step = 0
     if (out / "state.json").exists():  # resume
         generator.load_state_dict(read_state(out / "last.safetensors"))
-        fake.load_state_dict(read_state(out / "fake.safetensors"))
+        if fake is not None:
+            fake.load_state_dict(read_state(out / "fake.safetensors"))
         step = json.loads((out / "state.json").read_text())["step"]
     opt_g = torch.optim.AdamW(generator.parameters(), lr=cfg.lr, betas=(0.0, 0.99), weight_decay=0.01)
-    opt_f = torch.optim.AdamW(fake.parameters(), lr=cfg.fake_lr, betas=(0.0, 0.99), weight_decay=0.01)
+    opt_f = torch.optim.AdamW(fake.parameters(), lr=cfg.fake_lr, betas=(0.0, 0.99), weight_decay=0.01) if fake is not None else None
     g = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + step * 31)
-    frames = cfg.phases[-1].frames
+    frames = rollout_length(cfg)
     phase = cfg.phases[-1]
     n, _, length = data.latents.shape[:3]
+    if frames >= length:
+        raise ConfigError(f"rollout_frames={frames} needs clips longer than the cache's {length} latent frames "
+                          f"(frame 0 is the reference): at most {length - 1}")
     log = (out / "log.jsonl").open("a")
     t0 = time.perf_counter()
     while step < cfg.steps and not (cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s):
@@ -155,21 +168,23 @@ def train_selfforce(cfg: TrainDiTConfig) -> dict[str, float]:
         exit_step = int(torch.randint(cfg.few_steps, (1,), generator=g, device=device))
         x0 = rollout(generator, data, clips, starts, cfg, grid, exit_step, g)
 
-        # DMD: the teacher's and the fake score's x0 at a random σ, the difference pushed into x̂0
-        sigma = shift_sigmas(0.02 + 0.96 * torch.rand(cfg.batch, generator=g, device=device), cfg.shift)
-        noise = torch.randn(x0.shape, generator=g, device=device)
-        with torch.no_grad():
-            x_t = add_noise(x0.detach(), noise, sigma[:, None, None, None, None])
-            real = predict_x0(teacher, x_t, ref, sigma, audio, expression, cfg, grid, cfg.teacher_guidance)
-            fake_x0 = predict_x0(fake, x_t, ref, sigma, audio, expression, cfg, grid)
-            weight = (x0.detach() - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp(min=1e-6)
-            target = x0.detach() - (fake_x0 - real) / weight
-        loss_g = dmd_loss(x0, target, masks, phase, cfg.dmd_region)
+        loss_g = x0.new_zeros(())
+        if teacher is not None:  # DMD: the teacher's and the fake score's x0 at a random σ, the difference pushed into x̂0
+            sigma = shift_sigmas(0.02 + 0.96 * torch.rand(cfg.batch, generator=g, device=device), cfg.shift)
+            noise = torch.randn(x0.shape, generator=g, device=device)
+            with torch.no_grad():
+                x_t = add_noise(x0.detach(), noise, sigma[:, None, None, None, None])
+                real = predict_x0(teacher, x_t, ref, sigma, audio, expression, cfg, grid, cfg.teacher_guidance)
+                fake_x0 = predict_x0(fake, x_t, ref, sigma, audio, expression, cfg, grid)
+                weight = (x0.detach() - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp(min=1e-6)
+                target = x0.detach() - (fake_x0 - real) / weight
+            loss_g = cfg.dmd_weight * dmd_loss(x0, target, masks, phase, cfg.dmd_region)
         if cfg.backdrop_weight:
             loss_b = backdrop_loss(x0, truth, masks)
             loss_g = loss_g + cfg.backdrop_weight * loss_b
         opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        if loss_g.requires_grad:  # with dmd_weight 0 and no backdrop term, the anchor alone trains the generator
+            loss_g.backward()
         loss_d = data_loss(generator, data, cfg, grid, phase, True, g) if cfg.data_weight else None
         if loss_d is not None:  # its own backward: the rollout's graph is freed first
             (cfg.data_weight * loss_d).backward()
@@ -177,7 +192,7 @@ def train_selfforce(cfg: TrainDiTConfig) -> dict[str, float]:
         opt_g.step()
 
         # the fake score follows the generator's outputs (flow matching on them)
-        for _ in range(cfg.fake_updates):
+        for _ in range(cfg.fake_updates if fake is not None else 0):
             s = shift_sigmas(torch.rand(cfg.batch, generator=g, device=device), cfg.shift)
             eps = torch.randn(x0.shape, generator=g, device=device)
             x_t = add_noise(x0.detach(), eps, s[:, None, None, None, None])
@@ -192,13 +207,15 @@ def train_selfforce(cfg: TrainDiTConfig) -> dict[str, float]:
             opt_f.step()
         progress = max(step / cfg.steps, (time.perf_counter() - t0) / cfg.time_budget_s if cfg.time_budget_s else 0)
         for opt, lr in ((opt_g, cfg.lr), (opt_f, cfg.fake_lr)):
-            for group in opt.param_groups:
+            for group in opt.param_groups if opt is not None else ():
                 group["lr"] = lr * min(1.0, (step + 1) / cfg.warmup) * (0.55 + 0.45 * np.cos(np.pi * min(progress, 1.0)))
         step += 1
         if step % cfg.log_every == 0:
-            distance = float((x0.detach() - real).pow(2).mean())
-            record = {"step": step, "loss": round(loss_g.item(), 5), "fake_loss": round(loss_f.item(), 5),
-                      "to_teacher": round(distance, 5), "exit_step": exit_step, "s": round(time.perf_counter() - t0, 1)}
+            record = {"step": step, "loss": round(loss_g.item(), 5), "exit_step": exit_step,
+                      "s": round(time.perf_counter() - t0, 1)}
+            if teacher is not None:
+                record["fake_loss"] = round(loss_f.item(), 5)
+                record["to_teacher"] = round(float((x0.detach() - real).pow(2).mean()), 5)
             if loss_d is not None:
                 record["data_loss"] = round(loss_d.item(), 5)
             if cfg.backdrop_weight:
@@ -215,8 +232,9 @@ def train_selfforce(cfg: TrainDiTConfig) -> dict[str, float]:
     return {"steps": step, "loss": loss_g.item()}
 
 
-def _save(out: Path, generator: DiT, fake: DiT, step: int, cfg: TrainDiTConfig) -> None:
+def _save(out: Path, generator: DiT, fake: DiT | None, step: int, cfg: TrainDiTConfig) -> None:
     from engine.checkpoints.io import save_state
 
-    save_state(out / "fake.safetensors", fake.state_dict(), fake.cfg, kind="dit")
+    if fake is not None:
+        save_state(out / "fake.safetensors", fake.state_dict(), fake.cfg, kind="dit")
     save_checkpoint(out, generator, step, cfg)

@@ -55,6 +55,10 @@
 #   exists, i.e. once sfE has made the clips and the latent cache; END_S counts from each stage's own start, so
 #   the later one ran past the call's 600 s: give it END_S smaller by its delay)
 #   the same with SF_S=330 END_S=420, then SF_S=270 END_S=300, in the next two calls: ~286, then ~396 steps each
+# The next runs (built and tested, not yet run): the control without DMD, and rollouts as long as a 4 s clip allows:
+#   TEACHER=$T SF_INIT=engine/assets/demo-dit.safetensors SF_DIR=/tmp/sfG SF_ARGS="--dmd-weight 0 --data-weight 2 \
+#     --backdrop-weight 1" demo-retrain.sh selfforce
+#   ... SF_DIR=/tmp/sfH SF_ARGS="--data-weight 2 --dmd-region mouth --backdrop-weight 1 --rollout-frames 24" ...
 # Each stage starts from the shipped weights of its model. Where the VAE preset has more latent channels than the
 # shipped VAE (2026-12-05: 16 -> 32), the trainers widen the shipped weights first (engine/train/widen.py): the
 # VAE, the teacher (from the shipped student) and the tiny decoder all start from what already works.
