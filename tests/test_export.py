@@ -5,6 +5,7 @@ import functools
 import json
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,13 @@ def live(model):
 def models():
     torch.manual_seed(0)
     return live(DiT(TINY)), live(CausalVAE(SMALL_VAE)), live(TinyVAE(SMALL_TINY))
+
+
+@functools.lru_cache(maxsize=1)
+def reference_tiny() -> TinyVAE:
+    """A tiny decoder that reads the stream's first latent frame beside each one (its state holds it)."""
+    torch.manual_seed(1)
+    return live(TinyVAE(replace(SMALL_TINY, name="small-ref", reference=True)))
 
 
 @functools.lru_cache(maxsize=1)
@@ -118,16 +126,16 @@ def test_decoder_graphs_equal_streaming_decode(chunk):
     _, vae, tiny = models()
     z = torch.randn(1, 16, 1 + 3 * chunk, 4, 4, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        for decoder in (vae, tiny):
+        for decoder in (vae, tiny, reference_tiny()):
             layout = DecoderState.discover(decoder, (1, 16, chunk, 4, 4))
             want = decoder.decode_chunk(z[:, :, :1], FeatureCache() if decoder is vae else MemoryState())
             if decoder is vae:
                 video, *state = VAEDecodeGraph(vae, layout, first=True)(z[:, :, :1])
                 step = VAEDecodeGraph(vae, layout, first=False)
             else:
-                step = TinyDecodeGraph(tiny, layout)
+                step = TinyDecodeGraph(decoder, layout)
                 video, *state = step(z[:, :, :1], *layout.zeros())
-                video = video[:, :, tiny.frames_to_trim:]
+                video = video[:, :, decoder.frames_to_trim:]
             assert (video - want).abs().max() <= 1e-5
             got, want = [], decoder.decode(z)[:, :, 1:]
             for s in range(1, z.shape[2], chunk):
@@ -221,6 +229,30 @@ def test_onnxruntime_decoders_match_torch_stream():
         with torch.no_grad():
             want = decoder.decode(z)
         assert rel_err(torch.cat(got, 2), want) <= 1e-3, kind
+
+
+def test_onnxruntime_tiny_decoder_reading_the_portrait_matches_torch_stream(tmp_path):
+    """The stream's first latent frame travels in the step graph's state (zeros, then held): chained on ONNX
+    Runtime from the zero state, it decodes a stream like the engine's decoder."""
+    from exporters.onnx_export import export_decoder
+    from exporters.ort import OrtGraph
+
+    model, _, _ = models()
+    tiny = reference_tiny()
+    entry = export_decoder(tiny, "tiny", model, SHAPE, tmp_path)
+    layout = DecoderState("tiny", tuple(tuple(x) for x in entry["state"]["shapes"]))
+    graph = OrtGraph(tmp_path / entry["graphs"]["step_1"], torch.device("cpu"), threads=2)
+    z = torch.randn(1, 16, CHUNKS, 4, 4, generator=torch.Generator().manual_seed(4))
+    state, got = layout.zeros(), []
+    for k in range(CHUNKS):
+        video, new = torch.empty(graph.session.get_outputs()[0].shape), layout.zeros()
+        graph.run({"z": z[:, :, k:k + 1].contiguous(), **dict(zip(layout.names, state))},
+                  {"video": video, **{o: s for o, s in zip(graph.outputs[1:], new)}})
+        got.append(video[:, :, tiny.frames_to_trim:] if k == 0 else video)
+        state = new
+    with torch.no_grad():
+        want = tiny.decode(z)
+    assert rel_err(torch.cat(got, 2), want) <= 1e-3
 
 
 def test_bundle_refuses_other_weights_and_other_shapes():

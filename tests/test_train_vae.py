@@ -82,5 +82,9 @@ def test_train_resume_and_distil(clips, tmp_path):
     train(TrainVAEConfig(**{**tiny_cfg.__dict__, "out": str(tmp_path / "tiny2"), "steps": 1,
                             "init": str(tmp_path / "shipped-tiny.safetensors")}))
     assert (tmp_path / "tiny2" / "final.safetensors").exists()
+    # the decoder that reads the portrait's latent starts from the plain one: its new inputs through zero weights
+    train(TrainVAEConfig(**{**tiny_cfg.__dict__, "out": str(tmp_path / "tiny3"), "steps": 1, "preset": "demo-ref",
+                            "init": str(tmp_path / "shipped-tiny.safetensors")}))
+    assert load_tiny_vae(tmp_path / "tiny3" / "final.safetensors").cfg.reference
     with pytest.raises(ConfigError, match="teacher"):
         TrainVAEConfig(data="x", out="y", model="tiny")

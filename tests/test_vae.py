@@ -1,5 +1,7 @@
 """The causal VAE and the tiny decoder: public layouts on meta, streaming equals whole clips, constant memory,
 checkpoints."""
+from dataclasses import replace
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -112,6 +114,31 @@ def test_tiny_decoder_streams_like_the_whole_clip():
         assert tiny.encode(video).shape == (1, 16, 3, 4, 4)
     with pytest.raises(ConfigError):
         tiny.encode(torch.zeros(1, 3, 8, 16, 16, dtype=torch.float64))
+
+
+def test_tiny_decoder_reading_the_portrait_streams_like_the_whole_clip():
+    """With `reference`, every latent frame after the stream's first is decoded beside that first one (the
+    portrait's), kept in the stream's state: chunk by chunk equals the whole clip, later frames follow the portrait's
+    latent, and the opening frame does not read itself."""
+    tiny = live(TinyVAE(replace(SMALL_TINY, reference=True)))
+    z = torch.randn(1, 16, 6, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        whole = tiny.decode(z)
+        for sizes in ((1, 1, 1, 1, 1, 1), (1, 2, 3), (3, 3)):
+            state, parts, start = MemoryState(), [], 0
+            for n in sizes:
+                parts.append(tiny.decode_chunk(z[:, :, start:start + n], state))
+                start += n
+            assert (torch.cat(parts, 2) - whole).abs().max() <= 1e-6, sizes
+        other = z.clone()
+        other[:, :, :1] += 1  # another portrait: the frames after the opening change
+        changed = tiny.decode(other)
+        assert (changed[:, :, 1:] - whole[:, :, 1:]).abs().amax(dim=(0, 1, 3, 4)).min() > 1e-4
+        without = live(TinyVAE(SMALL_TINY))
+        first = tiny.decoder[1].weight[:, :16].clone()
+        without.load_state_dict({k: (first if k == "decoder.1.weight" else v)
+                                 for k, v in tiny.state_dict().items()})
+        assert (without.decode(z[:, :, :1]) - whole[:, :, :1]).abs().max() <= 1e-6  # beside zeros, not itself
 
 
 def test_session_decoders_give_frames_with_the_vae_timing():

@@ -49,6 +49,23 @@ def test_a_widened_tiny_decoder_ignores_the_new_channels_at_first():
         assert torch.allclose(wide, old.decode_chunk(z, MemoryState()), atol=1e-5)
 
 
+def test_a_tiny_decoder_gaining_the_reference_input_decodes_as_before():
+    old = TinyVAE(tiny_vae_config("demo")).eval()
+    new = TinyVAE(tiny_vae_config("demo-ref")).eval()
+    _randomise(old, 4)
+    widen_tiny(old, new)
+    z = torch.randn(1, 32, 4, 4, 4)
+    with torch.no_grad():
+        assert torch.allclose(new.decode(z), old.decode(z), atol=1e-5)
+    wider = TinyVAE(replace(tiny_vae_config("demo-ref"), z_dim=48)).eval()  # and from there to more channels
+    with torch.no_grad():
+        new.decoder[1].weight[:, 32:].normal_()  # a trained reference input is carried over
+        widen_tiny(new, wider)
+        assert torch.allclose(wider.decode(torch.cat([z, torch.randn(1, 16, 4, 4, 4)], 1)), new.decode(z), atol=1e-5)
+    with pytest.raises(ConfigError, match="reference"):
+        widen_tiny(new, old)
+
+
 def test_a_widened_dit_predicts_the_old_velocity_and_zero_for_new_channels():
     torch.manual_seed(0)
     old = DiT(replace(dit_config("demo"), in_dim=16, out_dim=16, num_layers=2)).eval()

@@ -46,6 +46,20 @@ class MemoryState:
         self.cursor += 1
         return previous
 
+    def keep(self, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two slots that hold the stream's first frame from its first chunk on: the frame, and a flag that is 1
+        once it is held (both zeros before the stream starts, as an exported graph's state begins). `first` is
+        this chunk's first frame [B, 1, ...]; returns (the stream's first frame, the flag before this chunk)."""
+        while len(self.slots) < self.cursor + 2:
+            self.slots.append(None)
+        held, flag = self.slots[self.cursor], self.slots[self.cursor + 1]
+        if held is None or flag is None:
+            held, flag = torch.zeros_like(first), first.new_zeros(first.shape[0], *(1,) * (first.ndim - 1))
+        held = flag * held + (1 - flag) * first
+        self.slots[self.cursor], self.slots[self.cursor + 1] = held.detach(), torch.ones_like(flag)
+        self.cursor += 2
+        return held, flag
+
 
 class Clamp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,7 +133,7 @@ class TinyVAE(nn.Module):
         enc.append(conv(w, cfg.z_dim))
         self.encoder = nn.Sequential(*enc)
         widths = cfg.decoder_widths
-        dec: list[nn.Module] = [Clamp(), conv(cfg.z_dim, widths[0]), nn.ReLU()]
+        dec: list[nn.Module] = [Clamp(), conv(cfg.z_dim * (2 if cfg.reference else 1), widths[0]), nn.ReLU()]
         for i, (blocks, grow) in enumerate(zip(cfg.decoder_blocks, cfg.decoder_time_up)):
             dec += [MemBlock(widths[i], widths[i]) for _ in range(blocks)]
             dec += [nn.Upsample(scale_factor=2), TGrow(widths[i], grow), conv(widths[i], widths[i + 1], bias=False)]
@@ -134,7 +148,10 @@ class TinyVAE(nn.Module):
         """Latents [B, z, F, h, w] of a stream, in order -> video [B, 3, T, H, W] in [-1, 1]. The stream's
         first latent frame gives 1 frame, every other 4. Training passes clamp=False (gradients)."""
         first = not state.slots
-        x = _run(self.decoder, z.transpose(1, 2), state.start())  # [B, T, 3, H, W] in ~[0, 1]
+        x, state = z.transpose(1, 2), state.start()  # [B, F, z, h, w]
+        if self.cfg.reference:
+            x = self._beside_reference(x, state)
+        x = _run(self.decoder, x, state)  # [B, T, 3, H, W] in ~[0, 1]
         if first:
             x = x[:, self.frames_to_trim:]
         x = x * 2 - 1
@@ -142,6 +159,17 @@ class TinyVAE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decode_chunk(z, MemoryState())
+
+    @staticmethod
+    def _beside_reference(x: torch.Tensor, state: MemoryState) -> torch.Tensor:
+        """x [B, F, z, h, w], the next latent frames of a stream -> [B, F, 2z, h, w]: each beside the stream's
+        latent frame 0 (the portrait's, which a session opens on), and the opening frame itself beside zeros.
+        The later latents of a causal VAE leave out much of what did not change since the frames before them;
+        with the memory blocks' one step of history, the decoder could not recover it, and painted a still
+        backdrop in colours of other portraits. Decoding a whole clip and streaming it chunk by chunk agree."""
+        held, flag = state.keep(x[:, :1])
+        scale = torch.cat([flag, torch.ones_like(flag).expand(-1, x.shape[1] - 1, -1, -1, -1)], 1)
+        return torch.cat([x, held * scale], 2)
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """Video [B, 3, 1 + 4k, H, W] in [-1, 1] -> latents [B, z, 1 + k, h, w]. Frame 0 is repeated in front
@@ -167,6 +195,7 @@ class TinyVAEConfig:
     encoder_width: int = 64
     encoder_blocks: int = 3
     z_dim: int = 16
+    reference: bool = False  # the decoder also reads the stream's first latent frame beside each one (the portrait)
 
     def __post_init__(self) -> None:
         stages = len(self.decoder_blocks)
@@ -198,6 +227,10 @@ TINY_PRESETS: dict[str, TinyVAEConfig] = {
     "demo": TinyVAEConfig("demo", decoder_widths=(64, 48, 24, 16), decoder_blocks=(2, 1, 1),
                           decoder_time_up=(2, 2, 1), encoder_time_pool=(2, 2, 1), encoder_width=32,
                           encoder_blocks=1, z_dim=32),
+    # the same, reading the portrait's latent beside each latent frame: the still backdrop is copied, not guessed
+    "demo-ref": TinyVAEConfig("demo-ref", decoder_widths=(64, 48, 24, 16), decoder_blocks=(2, 1, 1),
+                              decoder_time_up=(2, 2, 1), encoder_time_pool=(2, 2, 1), encoder_width=32,
+                              encoder_blocks=1, z_dim=32, reference=True),
 }
 
 

@@ -252,8 +252,11 @@ def train(cfg: TrainVAEConfig) -> dict[str, float]:
     step = 0
     if cfg.init and not cfg.decoder_only:  # through the loaders: names checked; a shipped tiny file has no encoder
         init = load_vae(cfg.init) if cfg.model == "vae" else load_tiny_vae(cfg.init)
-        if init.cfg.z_dim != model.cfg.z_dim:  # a wider latent space, from the trained weights (Net2Net)
-            widen_vae(init, model) if cfg.model == "vae" else widen_tiny(init, model)
+        # a wider latent space, or a tiny decoder that gains the reference input: from the trained weights (Net2Net)
+        if cfg.model == "vae" and init.cfg.z_dim != model.cfg.z_dim:
+            widen_vae(init, model)
+        elif cfg.model == "tiny" and (init.cfg.z_dim, init.cfg.reference) != (model.cfg.z_dim, model.cfg.reference):
+            widen_tiny(init, model)
         else:
             model.load_state_dict(init.state_dict(), strict=init.encoder is not None)
     if (out / "state.json").exists():  # resume

@@ -10,7 +10,7 @@ embeds the old weights so that:
   * the VAE encodes the old channels as before (the new ones start from the fresh init and learn), and its
     decoder reads the old channels as before and the new ones through zero weights;
   * the DiT reads the new channels through zero weights and predicts zero velocity for them;
-  * the tiny decoder reads the new channels through zero weights.
+  * the tiny decoder reads the new channels (and a reference input it gains) through zero weights.
 Training then moves from a model that already works.
 """
 from __future__ import annotations
@@ -67,14 +67,20 @@ def widen_vae(old: CausalVAE, new: CausalVAE) -> None:
 
 @torch.no_grad()
 def widen_tiny(old: TinyVAE, new: TinyVAE) -> None:
-    """Load a tiny decoder of z channels (decoder-only checkpoints too) into one of more channels, in place."""
+    """Load a tiny decoder of z channels (decoder-only checkpoints too) into one of as many or more channels, or
+    into one that also reads the stream's first latent frame (`reference`), in place: the new inputs start
+    through zero weights, so it decodes as the old one did until trained."""
     zo, zn = old.cfg.z_dim, new.cfg.z_dim
     _check(zo, zn)
-    first = "decoder.1.weight"  # conv(z, widths[0]) after the clamp: [w, z, 3, 3]
+    if old.cfg.reference and not new.cfg.reference:
+        raise ConfigError("cannot drop the reference input of a tiny decoder that reads it")
+    first = "decoder.1.weight"  # conv(z (+ z of the reference), widths[0]) after the clamp: [w, z, 3, 3]
     n = {k: v for k, v in new.state_dict().items() if k.startswith("decoder.")}  # the encoder is not trained
     o = {k: v.to(n[first].device) for k, v in old.state_dict().items()}
     _copy_unchanged(o, n, {first})
-    n[first].zero_()[:, :zo] = o[first]
+    n[first].zero_()[:, :zo] = o[first][:, :zo]
+    if old.cfg.reference:
+        n[first][:, zn:zn + zo] = o[first][:, zo:]
 
 
 @torch.no_grad()

@@ -5,6 +5,8 @@
 #   bash engine/train/recipes/demo-retrain.sh teacher   # the latent cache, then the teacher beside the tiny decoder
 #   bash engine/train/recipes/demo-retrain.sh distill   # few-step distillation from the teacher
 #   TINY_LR=4e-4 bash engine/train/recipes/demo-retrain.sh tiny  # the tiny decoder alone, from the shipped one
+#   TINY_ARGS="--preset demo-ref" TINY_DIR=/tmp/tinyR ... tiny   # TINY_ARGS adds options (here: the decoder that
+#     reads the portrait's latent); TINY_DIR names the run folder (default /tmp/tiny), so two can run side by side
 #   DISTILL_S=330 bash engine/train/recipes/demo-retrain.sh distill  # again: the distillation resumes where it stopped
 #   bash engine/train/recipes/demo-retrain.sh selfforce  # self-forcing from the distilled student (SF_INIT, SF_S, SF_ARGS)
 # A stage called again on the warm machine resumes from its last checkpoint in /tmp (the teacher, for a longer run).
@@ -95,15 +97,16 @@ latent_clips(TrainDiTConfig('teacher', data='/tmp/synthtalk', out='/tmp/x', vae=
   fi
   stamp latents
 }
-tiny() {  # tiny LIMIT_S BUDGET_S: the tiny decoder distilled from $VAE; shipped decoder only
-  timeout "$1" python3 -m engine.train.vae --data /tmp/synthtalk --out /tmp/tiny --model tiny \
+tiny() {  # tiny LIMIT_S BUDGET_S: the tiny decoder distilled from $VAE into $TINY_DIR (default /tmp/tiny); decoder only
+  local run=${TINY_DIR:-/tmp/tiny}; local name; name=$(basename "$run")
+  timeout "$1" python3 -m engine.train.vae --data /tmp/synthtalk --out "$run" --model tiny \
     --teacher "$VAE" --steps 100000 --batch 4 --frames 97 --lr "${TINY_LR:-1e-3}" --warmup "${TINY_WARMUP:-200}" \
     --mouth-weight "${MOUTH_WEIGHT:-16}" --latent-noise "${TINY_NOISE:-0}" --eval-clips 32 --reader $READER \
-    --init "${TINY_INIT:-engine/assets/demo-tiny.safetensors}" --time-budget-s "$2" > "$OUT/tiny.txt" 2>&1
+    --init "${TINY_INIT:-engine/assets/demo-tiny.safetensors}" --time-budget-s "$2" ${TINY_ARGS:-} > "$OUT/$name.txt" 2>&1
   python3 -c "import sys; from engine.checkpoints.vae import decoder_only; decoder_only(*sys.argv[1:])" \
-    "$(newest /tmp/tiny)" "$OUT/demo-tiny.safetensors"
-  tail -n 2 /tmp/tiny/log.jsonl > "$OUT/tiny-log-tail.txt"
-  stamp tiny
+    "$(newest "$run")" "$OUT/demo-$name.safetensors"
+  tail -n 2 "$run/log.jsonl" > "$OUT/$name-log-tail.txt"
+  stamp "$name"
 }
 dit() {  # dit LIMIT_S PRESET ARGS...: one stage under a hard limit
   local limit=$1; shift
@@ -129,7 +132,7 @@ case $1 in
     teacher_pid=$!
     # beside the teacher: the GPU has room for both small models. Loading the split and the final evaluation take
     # ~180 s around the training budget (on 2026-12-05 a budget 90 s short of that cut it before its final save)
-    if [ "${TINY:-1}" = 1 ] && [ ! -f /tmp/tiny/final.safetensors ]; then  # TINY=0: the teacher alone
+    if [ "${TINY:-1}" = 1 ] && [ ! -f "${TINY_DIR:-/tmp/tiny}/final.safetensors" ]; then  # TINY=0: the teacher alone
       tiny $(( budget + 20 )) "${TINY_S:-$(( budget - 180 ))}"
     fi
     wait $teacher_pid
