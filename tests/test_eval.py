@@ -200,3 +200,35 @@ def test_contact_sheet_of_a_held_out_clip(tmp_path):
     with av.open(str(out)) as f:
         image = next(f.decode(video=0)).to_ndarray(format="rgb24")
     assert image.shape == (3 * s, 2 * s, 3)
+
+
+def _probe_clips(n: int, per_frame: bool, seed: int) -> list:
+    """Latents [8, 9, 8, 8] with the mouth at the frame's centre: channels 0-3 of the latent pixels there carry
+    the opening of the latent's 4 frames (per_frame) or their mean 4 times (one mouth state per latent)."""
+    from engine.eval.mouth_probe import ProbeClip
+
+    rng = np.random.default_rng(seed)
+    clips = []
+    for _ in range(n):
+        opening = np.clip(np.convolve(rng.random(40), np.ones(2) / 2, "same")[:33], 0, 1)
+        z = 0.1 * rng.standard_normal((8, 9, 8, 8)).astype(np.float32)
+        for j in range(1, 9):
+            group = opening[4 * j - 3:4 * j + 1]
+            z[:4, j, 3:5, 3:5] += (group if per_frame else np.full(4, group.mean()))[:, None, None]
+        clips.append(ProbeClip(z, opening, np.full((33, 2), 0.5, np.float32)))
+    return clips
+
+
+def test_mouth_probe_tells_latents_that_hold_each_frame_from_latents_that_hold_one_state():
+    from engine.eval.mouth_probe import mouth_centre, probe
+
+    frame_by_frame = probe(_probe_clips(40, True, 0), _probe_clips(8, True, 1), stride=4, steps=400)
+    one_state = probe(_probe_clips(40, False, 0), _probe_clips(8, False, 1), stride=4, steps=400)
+    assert frame_by_frame["r_within_latent"] > 0.8 and frame_by_frame["r_per_frame"] > frame_by_frame["r_held"] + 0.05
+    assert abs(one_state["r_within_latent"]) < 0.3 and one_state["r_per_frame"] < frame_by_frame["r_per_frame"] - 0.05
+    mask = np.zeros((2, 10, 10), np.uint8)
+    mask[0, 2:4, 6:8] = 255
+    mask[1, 5, 5] = 1
+    assert np.allclose(mouth_centre(mask), [[0.25, 0.65], [0.5, 0.5]])
+    with pytest.raises(DataError, match="clips"):
+        probe([], _probe_clips(1, True, 2), stride=4)
