@@ -1,4 +1,6 @@
 """The metrics of `talkstream eval` on known curves, and the readers' ceiling and floor on SynthTalk clips."""
+import json
+
 import av
 import numpy as np
 import pytest
@@ -232,3 +234,19 @@ def test_mouth_probe_tells_latents_that_hold_each_frame_from_latents_that_hold_o
     assert np.allclose(mouth_centre(mask), [[0.25, 0.65], [0.5, 0.5]])
     with pytest.raises(DataError, match="clips"):
         probe([], _probe_clips(1, True, 2), stride=4)
+
+
+def test_mouth_probe_cli_encodes_both_splits_and_writes_its_scores(tmp_path):
+    from engine.checkpoints.vae import save_vae
+    from engine.data.synth import synthesize_dataset
+    from engine.eval import mouth_probe
+    from engine.models.vae import CausalVAE, VAEConfig
+
+    synthesize_dataset(tmp_path / "clips", 6, 2.0, 64, seed=3, eval_fraction=0.35, fmt="raw")
+    vae = CausalVAE(VAEConfig("small", base_dim=8, dim_mult=(1, 2, 2), num_res_blocks=1, temporal_down=(True, True)))
+    save_vae(tmp_path / "vae.safetensors", vae)
+    mouth_probe.main(["--data", str(tmp_path / "clips"), "--vae", str(tmp_path / "vae.safetensors"), "--train-clips", "4",
+                      "--resolution", "32", "--steps", "20", "--out", str(tmp_path / "probe.json")])
+    scores = json.loads((tmp_path / "probe.json").read_text())
+    assert scores["probe"]["clips"] >= 1 and -1 <= scores["probe"]["r_per_frame"] <= 1
+    assert 0 < scores["truth held per latent"]["r_held"] <= 1
