@@ -86,5 +86,14 @@ def test_train_resume_and_distil(clips, tmp_path):
     train(TrainVAEConfig(**{**tiny_cfg.__dict__, "out": str(tmp_path / "tiny3"), "steps": 1, "preset": "demo-ref",
                             "init": str(tmp_path / "shipped-tiny.safetensors")}))
     assert load_tiny_vae(tmp_path / "tiny3" / "final.safetensors").cfg.reference
+    # only its first convolution learns, the rest stays the shipped decoder's
+    train(TrainVAEConfig(**{**tiny_cfg.__dict__, "out": str(tmp_path / "tiny4"), "steps": 2, "preset": "demo-ref",
+                            "tiny_layers": "first", "init": str(tmp_path / "shipped-tiny.safetensors")}))
+    before = load_tiny_vae(tmp_path / "shipped-tiny.safetensors").state_dict()
+    after = load_tiny_vae(tmp_path / "tiny4" / "final.safetensors").state_dict()
+    assert not torch.equal(after["decoder.1.weight"][:, :16], before["decoder.1.weight"].float())
+    assert [k for k in before if not k.startswith("decoder.1.") and not torch.equal(after[k], before[k].float())] == []
+    with pytest.raises(ConfigError, match="tiny_layers"):
+        TrainVAEConfig(data="x", out="y", tiny_layers="first")
     with pytest.raises(ConfigError, match="teacher"):
         TrainVAEConfig(data="x", out="y", model="tiny")

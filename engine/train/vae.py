@@ -58,6 +58,8 @@ class TrainVAEConfig:
     latent_noise: float = 0.0  # tiny decoder: the latents it decodes get Gaussian noise of a std drawn per clip
     # in [0, latent_noise] (the target stays the VAE's decode of the clean latents), so that a generator's
     # latents, which are never exactly the VAE's, do not move its colours
+    tiny_layers: str = "all"  # tiny decoder: "all" its decoder learns; "first" only its first convolution, the rest
+    # frozen (a decoder gaining the portrait's latent as an input learns to use it without moving what works)
     decoder_only: bool = False  # fine-tune the decoder of `init` alone: the latent space (and any DiT
     # trained on it) stays as it is, as with the ft-MSE decoders of latent diffusion
     time_budget_s: float = 0.0  # stop training after this long (0: run all steps); the run stays resumable
@@ -70,6 +72,9 @@ class TrainVAEConfig:
             raise ConfigError(f"model must be 'vae' or 'tiny', got {self.model!r}")
         if self.model == "tiny" and not self.teacher:
             raise ConfigError("the tiny decoder is distilled from a trained VAE: pass teacher=PATH")
+        if self.tiny_layers not in ("all", "first") or self.tiny_layers == "first" and self.model != "tiny":
+            raise ConfigError(f"tiny_layers is 'all' or 'first' (the tiny decoder's first convolution alone), got "
+                              f"{self.tiny_layers!r} for model {self.model!r}")
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -246,7 +251,10 @@ def train(cfg: TrainVAEConfig) -> dict[str, float]:
     if cfg.decoder_only:
         model.encoder.requires_grad_(False)
         model.conv1.requires_grad_(False)
-    params = (model.decoder.parameters() if cfg.model == "tiny" else
+    if cfg.tiny_layers == "first":
+        model.requires_grad_(False)
+        model.decoder[1].requires_grad_(True)  # conv(z (+ the reference's z), widths[0]), after the clamp
+    params = ([p for p in model.decoder.parameters() if p.requires_grad] if cfg.model == "tiny" else
               [p for p in model.parameters() if p.requires_grad])
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     step = 0
