@@ -57,10 +57,18 @@
 #   exists, i.e. once sfE has made the clips and the latent cache; END_S counts from each stage's own start, so
 #   the later one ran past the call's 600 s: give it END_S smaller by its delay)
 #   the same with SF_S=330 END_S=420, then SF_S=270 END_S=300, in the next two calls: ~286, then ~396 steps each
-# The next runs (built and tested, not yet run): the control without DMD, and rollouts as long as a 4 s clip allows:
-#   TEACHER=$T SF_INIT=engine/assets/demo-dit.safetensors SF_DIR=/tmp/sfG SF_ARGS="--dmd-weight 0 --data-weight 2 \
-#     --backdrop-weight 1" demo-retrain.sh selfforce
+# The seventh session's self-forcing runs (2026-12-07; not shipped), as the sixth's, two side by side (G, then H
+# once G's log exists, with that delay taken off H's SF_S and END_S):
+#   TEACHER=$T SF_INIT=engine/assets/demo-dit.safetensors SF_DIR=/tmp/sfG SF_S=360 END_S=540 \
+#     SF_ARGS="--dmd-weight 0 --data-weight 2 --backdrop-weight 1" demo-retrain.sh selfforce &    # the control
 #   ... SF_DIR=/tmp/sfH SF_ARGS="--data-weight 2 --dmd-region mouth --backdrop-weight 1 --rollout-frames 24" ...
+#   the same with SF_S=420 END_S=530, then SF_S=330 END_S=430, in the next two calls: G 255 / 509 / 716 steps,
+#   H 42 / 116 / 174
+# The next run (built and tested, not yet run; two calls for it got no machine): the tiny decoder that reads the
+# portrait's latent, from the shipped one, beside a control fine-tuned the same way without it:
+#   CLIPS=600 TINY_LR=5e-4 TINY_WARMUP=50 TINY_NOISE=0.3 TINY_DIR=/tmp/tinyR TINY_ARGS="--preset demo-ref" \
+#     END_S=540 demo-retrain.sh tiny &
+#   (the same with TINY_DIR=/tmp/tinyC and no preset, once /tmp/synthtalk.done exists, END_S less its delay)
 # Each stage starts from the shipped weights of its model. Where the VAE preset has more latent channels than the
 # shipped VAE (2026-12-05: 16 -> 32), the trainers widen the shipped weights first (engine/train/widen.py): the
 # VAE, the teacher (from the shipped student) and the tiny decoder all start from what already works.
