@@ -140,6 +140,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="film length of the speed rows")
     ap.add_argument("--minutes", type=float, default=0.0, help="render a film this long per method and score it")
     ap.add_argument("--dit", default=str(AvatarFiles().dit), help="the student DiT (default: the shipped one)")
+    ap.add_argument("--tiny", default=str(AvatarFiles().tiny), help="the tiny decoder (default: the shipped one)")
     ap.add_argument("--teacher", help="teacher DiT safetensors: adds the teacher rows to the speed table")
     ap.add_argument("--teacher-steps", type=int, default=24)
     ap.add_argument("--rows", default=",".join(f"{m}-{k}" for m, k in ROWS), help="method-model rows of the speed table")
@@ -161,7 +162,7 @@ def main() -> None:
           f"joins measured: {args.measure_joins}; load average {open('/proc/loadavg').read().split()[:3]}")
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
-    avatar = load_avatar(AvatarFiles(dit=Path(args.dit)), device=device)
+    avatar = load_avatar(AvatarFiles(dit=Path(args.dit), tiny=Path(args.tiny)), device=device)
     teacher = None
     if args.teacher:
         from engine.checkpoints.wan import load_dit

@@ -1,5 +1,6 @@
 """The VAE recipe end to end on tiny generated clips: trains, saves, resumes, distils the tiny decoder."""
 import json
+import math
 
 import pytest
 import torch
@@ -97,3 +98,35 @@ def test_train_resume_and_distil(clips, tmp_path):
         TrainVAEConfig(data="x", out="y", tiny_layers="first")
     with pytest.raises(ConfigError, match="teacher"):
         TrainVAEConfig(data="x", out="y", model="tiny")
+
+
+def test_teacher_cache_holds_whole_clips_from_their_first_frame(clips, tmp_path):
+    from engine.checkpoints.vae import save_vae
+    from engine.models.vae import CausalVAE, vae_config
+    from engine.train.vae import TeacherCache
+
+    torch.manual_seed(0)
+    teacher = CausalVAE(vae_config("demo")).eval()
+    save_vae(tmp_path / "teacher.safetensors", teacher)
+    bank = SynthTalk(clips, "train").bank(32)
+    cache = TeacherCache.build(teacher, bank, 1, 5, "cpu")  # the fixture's train split holds one clip
+    assert cache.frames.shape == (1, 3, 5, 32, 32) and cache.masks.shape == (1, 2, 5, 32, 32)
+    assert torch.equal(cache.frames[0], bank.frames[0, :5].permute(3, 0, 1, 2))  # from frame 0, as a stream starts
+    with torch.no_grad():
+        z = teacher.encode(bank.frames[:1, :5].permute(0, 4, 1, 2, 3).float() / 127.5 - 1)
+        y = teacher.decode(z).clamp(-1, 1)
+    assert torch.allclose(cache.latents, z) and (cache.decodes.float() / 127.5 - 1 - y).abs().max() < 0.01
+    x, target, masks, latents = cache.batch(3, torch.Generator().manual_seed(0), "cpu")
+    assert x.shape == target.shape == (3, 3, 5, 32, 32) and masks.shape[1] == 2 and latents.shape[0] == 3
+    # the trainer runs on the cache, and a run asking for more clips than the split holds is refused
+    cfg = TrainVAEConfig(data=str(clips), out=str(tmp_path / "tiny"), model="tiny", teacher=str(tmp_path / "teacher.safetensors"),
+                         resolution=32, frames=5, batch=2, steps=3, log_every=1, eval_clips=1, latent_noise=0.2,
+                         teacher_clips=1, device="cpu", bf16=False)
+    train(cfg)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "tiny" / "log.jsonl").read_text().splitlines()
+              if "loss" in line]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    with pytest.raises(ConfigError, match="teacher_clips"):
+        train(TrainVAEConfig(**{**cfg.__dict__, "out": str(tmp_path / "tiny2"), "teacher_clips": 50}))
+    with pytest.raises(ConfigError, match="teacher_clips"):
+        TrainVAEConfig(data="x", out="y", teacher_clips=2)

@@ -60,6 +60,9 @@ class TrainVAEConfig:
     # latents, which are never exactly the VAE's, do not move its colours
     tiny_layers: str = "all"  # tiny decoder: "all" its decoder learns; "first" only its first convolution, the rest
     # frozen (a decoder gaining the portrait's latent as an input learns to use it without moving what works)
+    teacher_clips: int = 0  # tiny decoder: train on this many whole clips of the split, each from its first frame as
+    # a stream starts, with the teacher's latents and decodes computed once (0: random windows, the teacher run on
+    # every batch). For a fine-tune on a CPU, where the teacher's pass is most of each step's cost
     decoder_only: bool = False  # fine-tune the decoder of `init` alone: the latent space (and any DiT
     # trained on it) stays as it is, as with the ft-MSE decoders of latent diffusion
     time_budget_s: float = 0.0  # stop training after this long (0: run all steps); the run stays resumable
@@ -75,6 +78,8 @@ class TrainVAEConfig:
         if self.tiny_layers not in ("all", "first") or self.tiny_layers == "first" and self.model != "tiny":
             raise ConfigError(f"tiny_layers is 'all' or 'first' (the tiny decoder's first convolution alone), got "
                               f"{self.tiny_layers!r} for model {self.model!r}")
+        if self.teacher_clips and self.model != "tiny":
+            raise ConfigError("teacher_clips caches a VAE's latents and decodes for the tiny decoder: model='tiny'")
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -130,6 +135,40 @@ def perturbed(z: torch.Tensor, std: float, g: torch.Generator) -> torch.Tensor:
         return z
     scale = torch.rand(z.shape[0], 1, 1, 1, 1, generator=g, device=z.device) * std
     return z + scale.to(z.dtype) * torch.randn(z.shape, generator=g, device=z.device).to(z.dtype)
+
+
+@dataclass
+class TeacherCache:
+    """Whole clips with the teacher's latents and decodes, computed once: uint8 frames, decodes [N, 3, T, S, S],
+    masks [N, 2, T, S, S], latents [N, z, F, h, w]."""
+
+    frames: torch.Tensor
+    decodes: torch.Tensor
+    masks: torch.Tensor
+    latents: torch.Tensor
+
+    @staticmethod
+    def build(teacher: CausalVAE, bank: Bank, clips: int, frames: int, device: str) -> TeacherCache:
+        if clips > len(bank.frames) or frames > bank.frames.shape[1]:
+            raise ConfigError(f"teacher_clips={clips} of {frames} frames, but the split holds {len(bank.frames)} "
+                              f"clips of {bank.frames.shape[1]}: ask for fewer, or pass a larger --max-clips")
+        parts: dict[str, list[torch.Tensor]] = {"frames": [], "decodes": [], "masks": [], "latents": []}
+        for i in range(clips):
+            video = bank.frames[i:i + 1, :frames].permute(0, 4, 1, 2, 3)
+            with torch.no_grad():
+                z = teacher.encode(video.to(device).float() / 127.5 - 1)
+                y = teacher.decode(z).clamp(-1, 1)
+            parts["frames"].append(video.cpu())
+            parts["decodes"].append((y * 127.5 + 127.5).round().to(torch.uint8).cpu())
+            parts["masks"].append(bank.masks[i:i + 1, :frames].permute(0, 4, 1, 2, 3).cpu())
+            parts["latents"].append(z.float().cpu())
+        return TeacherCache(**{k: torch.cat(v) for k, v in parts.items()})
+
+    def batch(self, size: int, g: torch.Generator, device: str) -> tuple[torch.Tensor, ...]:
+        """Random whole clips: (frames, teacher decodes) in [-1, 1], masks in [0, 1], latents."""
+        i = torch.randint(len(self.frames), (size,), generator=g)
+        return (self.frames[i].to(device).float() / 127.5 - 1, self.decodes[i].to(device).float() / 127.5 - 1,
+                self.masks[i].to(device).float() / 255, self.latents[i].to(device))
 
 
 def save_optimizer(path: Path, opt: torch.optim.Optimizer) -> None:
@@ -272,21 +311,28 @@ def train(cfg: TrainVAEConfig) -> dict[str, float]:
         model.load_state_dict(read_state(out / "last.safetensors"))
         load_optimizer(out / "optim.safetensors", opt)
         step = state["step"]
-    data_g = torch.Generator(device=train_bank.frames.device).manual_seed(cfg.seed * 1_000_003 + step)
+    cache = TeacherCache.build(teacher, train_bank, cfg.teacher_clips, cfg.frames, cfg.device) \
+        if cfg.teacher_clips else None
+    data_g = torch.Generator(device="cpu" if cache else train_bank.frames.device).manual_seed(cfg.seed * 1_000_003 + step)
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed + step)
     log = (out / "log.jsonl").open("a")
     t0 = time.perf_counter()
     while step < cfg.steps and not (cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s):
-        x, masks = train_bank.windows(cfg.batch, cfg.frames, data_g)
-        x, weight = x.to(cfg.device), pixel_weight(masks.to(cfg.device), cfg.face_weight, cfg.mouth_weight)
+        if cache is not None:
+            x, target, masks, z = cache.batch(cfg.batch, data_g, cfg.device)
+        else:
+            x, masks = train_bank.windows(cfg.batch, cfg.frames, data_g)
+            x, masks = x.to(cfg.device), masks.to(cfg.device)
+        weight = pixel_weight(masks, cfg.face_weight, cfg.mouth_weight)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cfg.bf16):
             if teacher is None:
                 y, mu, log_var = model(x, generator)
             else:
-                with torch.no_grad():
-                    z = teacher.encode(x)
-                    target = teacher.decode(z)
-                    z = perturbed(z, cfg.latent_noise, generator)
+                if cache is None:
+                    with torch.no_grad():
+                        z = teacher.encode(x)
+                        target = teacher.decode(z)
+                z = perturbed(z, cfg.latent_noise, generator)
                 y = model.decode_chunk(z, MemoryState(), clamp=False)
         # losses in float32, outside autocast: SSIM's variances cancel catastrophically in bf16
         if teacher is None:
