@@ -19,7 +19,7 @@ from engine.models.vae import CausalVAE, FeatureCache, vae_config
 def bench(model, make_state, stride: int, resolution: int, device, dtype, repeats: int) -> float:
     model = randomised(model).to(device, dtype).eval()
     lat = resolution // stride
-    z = torch.randn(1, 16, 1, lat, lat, device=device, dtype=dtype)
+    z = torch.randn(1, model.cfg.z_dim, 1, lat, lat, device=device, dtype=dtype)
     state = make_state()
     with torch.no_grad():
         for _ in range(3):  # first frame, then warm-up
