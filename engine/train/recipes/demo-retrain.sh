@@ -64,13 +64,11 @@
 #   ... SF_DIR=/tmp/sfH SF_ARGS="--data-weight 2 --dmd-region mouth --backdrop-weight 1 --rollout-frames 24" ...
 #   the same with SF_S=420 END_S=530, then SF_S=330 END_S=430, in the next two calls: G 255 / 509 / 716 steps,
 #   H 42 / 116 / 174
-# The next run (built and tested, not yet run; two calls for it got no machine): the tiny decoder that reads the
-# portrait's latent, from the shipped one, its first convolution alone (as the CPU trial that lifted identity to 0.907
-# on the 19 held-out clips: docs/demo-model.md), beside the same with the whole decoder trained:
-#   CLIPS=600 TINY_LR=3e-4 TINY_WARMUP=50 TINY_NOISE=0.3 TINY_DIR=/tmp/tinyR \
-#     TINY_ARGS="--preset demo-ref --tiny-layers first" END_S=540 demo-retrain.sh tiny &
-#   (the same with TINY_DIR=/tmp/tinyW and TINY_ARGS="--preset demo-ref", once /tmp/synthtalk.done exists, END_S
-#   less its delay)
+# The eighth session got no GPU: the shipped decoder that reads the portrait's latent (ninth version) was trained on
+# the CPU by demo-tiny-ref.sh, its first convolution alone. The next GPU run: the whole of it, from the shipped one
+# (which already reads the portrait's latent), on 600 clips; judged against the shipped one on the 19 held-out clips:
+#   CLIPS=600 TINY_LR=2e-4 TINY_WARMUP=50 TINY_NOISE=0.3 TINY_DIR=/tmp/tinyW TINY_ARGS="--preset demo-ref" \
+#     END_S=540 demo-retrain.sh tiny
 # Each stage starts from the shipped weights of its model. Where the VAE preset has more latent channels than the
 # shipped VAE (2026-12-05: 16 -> 32), the trainers widen the shipped weights first (engine/train/widen.py): the
 # VAE, the teacher (from the shipped student) and the tiny decoder all start from what already works.
