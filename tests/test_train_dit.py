@@ -74,6 +74,12 @@ def test_three_stages_train_save_and_resume(setup):
     rows = [r for r in _log(root / "control") if "loss" in r]
     assert len(rows) == 1 and "fake_loss" not in rows[0] and 0 < rows[0]["backdrop_loss"] < 10
     assert not (root / "control" / "fake.safetensors").exists()
+    mouth = replace(control, out=str(root / "mouth"), data_weight=0.0, backdrop_weight=0.0, mouth_truth_weight=1.0)
+    train(mouth)  # the rollouts' mouth regressed on the truth, alone
+    rows = [r for r in _log(root / "mouth") if "loss" in r]
+    assert len(rows) == 1 and 0 < rows[0]["mouth_truth_loss"] == rows[0]["loss"] < 10
+    after = load_dit(root / "mouth" / "final.safetensors").state_dict()
+    assert any(not torch.equal(after[k], before[k]) for k in before)
     with pytest.raises(ConfigError, match="at most"):
         train(replace(control, out=str(root / "too-long"), rollout_frames=64))  # longer than the clips
 

@@ -9,7 +9,16 @@ from engine.checkpoints.vae import decoder_only, load_tiny_vae, load_vae
 from engine.data.synth import synthesize_dataset
 from engine.data.synthtalk import SynthTalk
 from engine.errors import ConfigError, DataError
-from engine.train.vae import TrainVAEConfig, perturbed, pixel_weight, psnr, reconstruction_loss, ssim, train
+from engine.train.vae import (
+    TrainVAEConfig,
+    mouth_l1,
+    perturbed,
+    pixel_weight,
+    psnr,
+    reconstruction_loss,
+    ssim,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +50,19 @@ def test_mouth_pixels_weigh_more():
     off[..., 8:10, 8:10] = 1
     on[..., :2, :2] = 1
     assert reconstruction_loss(on, target, 0.0, w) > 5 * reconstruction_loss(off, target, 0.0, w)
+
+
+def test_mouth_truth_term_counts_the_mouth_alone():
+    masks = torch.zeros(1, 2, 1, 16, 16)
+    masks[:, 1, :, :2, :2] = 1
+    x = torch.zeros(1, 3, 1, 16, 16)
+    off, on = x.clone(), x.clone()
+    off[..., 8:, 8:] = 1  # an error away from the mouth costs nothing
+    on[..., :2, :2] = 0.5  # one on the mouth costs its mean L1
+    assert mouth_l1(off, x, masks) == 0 and mouth_l1(on, x, masks) == pytest.approx(0.5)
+    assert mouth_l1(on, x, torch.zeros_like(masks)) == 0  # a frame without a mouth mask: nothing, not NaN
+    with pytest.raises(ConfigError, match="mouth_truth_weight"):
+        TrainVAEConfig(data="x", out="y", mouth_truth_weight=1.0)  # a VAE trains on the true frames already
 
 
 def test_metrics():
@@ -126,6 +148,10 @@ def test_teacher_cache_holds_whole_clips_from_their_first_frame(clips, tmp_path)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "tiny" / "log.jsonl").read_text().splitlines()
               if "loss" in line]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    train(TrainVAEConfig(**{**cfg.__dict__, "out": str(tmp_path / "tiny-mouth"), "mouth_truth_weight": 4.0}))
+    with_mouth = [json.loads(line)["loss"] for line in (tmp_path / "tiny-mouth" / "log.jsonl").read_text().splitlines()
+                  if "loss" in line]
+    assert len(with_mouth) == 3 and with_mouth[0] > losses[0]  # same seed and data: the mouth term adds to the loss
     with pytest.raises(ConfigError, match="teacher_clips"):
         train(TrainVAEConfig(**{**cfg.__dict__, "out": str(tmp_path / "tiny2"), "teacher_clips": 50}))
     with pytest.raises(ConfigError, match="teacher_clips"):

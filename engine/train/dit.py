@@ -109,6 +109,9 @@ class TrainDiTConfig:
     backdrop_weight: float = 0.0  # selfforce: weight of a regression of the rollouts' backdrop (latent pixels over
     # one pixel away from the face) on the clip's true latents: a portrait's backdrop stays still as it talks, and
     # the backdrop is where the students lose identity (engine/eval/heldout.py's identity_backdrop)
+    mouth_truth_weight: float = 0.0  # selfforce: weight of a regression of the rollouts' mouth (the mouth mask's
+    # latent pixels) on the clip's true latents: the opening follows the clip's own audio, in speech and in silence,
+    # learnt under the generator's own history as it streams (the anchor learns it under true history only)
     data_weight: float = 0.0  # selfforce: weight of the diffusion-forcing loss on real clips beside DMD (an
     # anchor to the data: DMD alone follows the teacher, whose identity is weaker than the student's)
     dmd_weight: float = 1.0  # selfforce: weight of DMD; 0 runs the stage without it (no teacher or fake-score passes):
@@ -139,9 +142,10 @@ class TrainDiTConfig:
             raise ConfigError(f"unknown dmd_region {self.dmd_region!r}; choose one of {list(DMD_REGIONS)}")
         if self.rollout_frames < 0 or self.rollout_frames % self.chunk:
             raise ConfigError(f"rollout_frames must be 0 (the last phase's frames) or a multiple of chunk={self.chunk}")
-        if self.dmd_weight < 0 or self.dmd_weight == 0 and not (self.data_weight or self.backdrop_weight):
-            raise ConfigError("dmd_weight must be >= 0, and with dmd_weight 0 give data_weight or backdrop_weight, "
-                              "or nothing trains the generator")
+        if self.dmd_weight < 0 or self.dmd_weight == 0 and not (self.data_weight or self.backdrop_weight
+                                                                 or self.mouth_truth_weight):
+            raise ConfigError("dmd_weight must be >= 0, and with dmd_weight 0 give data_weight, backdrop_weight or "
+                              "mouth_truth_weight, or nothing trains the generator")
 
 
 # The committed configs of the demo model, one per stage (data/out/paths are given on the command line).

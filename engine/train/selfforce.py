@@ -21,7 +21,9 @@ taken on the whole rollout by distribution matching distillation (DMD, as CausVi
      the face's identity worse than the distilled student), where the anchor alone acts.
   5. with `backdrop_weight` > 0, the rollout's backdrop (over a latent pixel away from the face) regresses on
      the clip's true latents: it is still in a talking portrait, so there the truth is the one right answer.
-  6. `dmd_weight` 0 drops DMD (and the teacher and fake score with it): the anchor and the backdrop regression
+  6. with `mouth_truth_weight` > 0, the rollout's mouth (the mouth mask's latent pixels) regresses on the clip's
+     true latents: the opening the clip's audio made, in silence too, learnt under the generator's own history.
+  7. `dmd_weight` 0 drops DMD (and the teacher and fake score with it): the anchor and the backdrop regression
      alone train the rollouts, the control of what DMD adds. `rollout_frames` sets a rollout's length (the last
      phase's frames by default), up to a whole evaluated stream.
 
@@ -103,6 +105,11 @@ def dmd_loss(x0: torch.Tensor, target: torch.Tensor, masks: torch.Tensor, phase:
     return masked_mse(x0, target, masks, replace(phase, face_weight=0.0) if region == "mouth" else phase, background=0.0)
 
 
+def mouth_truth_loss(x0: torch.Tensor, truth: torch.Tensor, masks: torch.Tensor, phase: Phase) -> torch.Tensor:
+    """Mean squared error over the mouth mask's latent pixels (weighted by the mask), against the true latents."""
+    return masked_mse(x0, truth, masks, replace(phase, face_weight=0.0, mouth_weight=1.0), background=0.0)
+
+
 def backdrop_loss(x0: torch.Tensor, truth: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the latent pixels more than one pixel away from the face mask."""
     face = F.max_pool3d(masks[:, :1].float(), (1, 3, 3), 1, (0, 1, 1))
@@ -182,8 +189,11 @@ def train_selfforce(cfg: TrainDiTConfig) -> dict[str, float]:
         if cfg.backdrop_weight:
             loss_b = backdrop_loss(x0, truth, masks)
             loss_g = loss_g + cfg.backdrop_weight * loss_b
+        if cfg.mouth_truth_weight:
+            loss_m = mouth_truth_loss(x0, truth, masks, phase)
+            loss_g = loss_g + cfg.mouth_truth_weight * loss_m
         opt_g.zero_grad(set_to_none=True)
-        if loss_g.requires_grad:  # with dmd_weight 0 and no backdrop term, the anchor alone trains the generator
+        if loss_g.requires_grad:  # with dmd_weight 0 and no regression term, the anchor alone trains the generator
             loss_g.backward()
         loss_d = data_loss(generator, data, cfg, grid, phase, True, g) if cfg.data_weight else None
         if loss_d is not None:  # its own backward: the rollout's graph is freed first
@@ -220,6 +230,8 @@ def train_selfforce(cfg: TrainDiTConfig) -> dict[str, float]:
                 record["data_loss"] = round(loss_d.item(), 5)
             if cfg.backdrop_weight:
                 record["backdrop_loss"] = round(loss_b.item(), 5)
+            if cfg.mouth_truth_weight:
+                record["mouth_truth_loss"] = round(loss_m.item(), 5)
             log.write(json.dumps(record) + "\n")
             log.flush()
         if step % cfg.save_every == 0:

@@ -50,6 +50,8 @@ class TrainVAEConfig:
     kl_weight: float = 1e-6
     face_weight: float = 1.0  # extra L1 weight on face pixels
     mouth_weight: float = 8.0  # extra L1 weight on lips and mouth pixels
+    mouth_truth_weight: float = 0.0  # tiny decoder: an extra L1 on the mouth's pixels against the true frames (not
+    # the VAE's decode): the opening the latents hold, shown as the clip showed it rather than as the VAE renders it
     save_every: int = 200
     log_every: int = 20
     eval_clips: int = 16
@@ -78,6 +80,9 @@ class TrainVAEConfig:
         if self.tiny_layers not in ("all", "first") or self.tiny_layers == "first" and self.model != "tiny":
             raise ConfigError(f"tiny_layers is 'all' or 'first' (the tiny decoder's first convolution alone), got "
                               f"{self.tiny_layers!r} for model {self.model!r}")
+        if self.mouth_truth_weight and self.model != "tiny":
+            raise ConfigError("mouth_truth_weight weighs the tiny decoder's mouth against the true frames: model='tiny' "
+                              "(a VAE already trains on the true frames: raise mouth_weight)")
         if self.teacher_clips and self.model != "tiny":
             raise ConfigError("teacher_clips caches a VAE's latents and decodes for the tiny decoder: model='tiny'")
 
@@ -125,6 +130,12 @@ def reconstruction_loss(x: torch.Tensor, target: torch.Tensor, ssim_weight: floa
 def pixel_weight(masks: torch.Tensor, face_weight: float, mouth_weight: float) -> torch.Tensor:
     """masks [B, 2, T, H, W] (face, mouth) in [0, 1] -> weight [B, 1, T, H, W]."""
     return 1 + face_weight * masks[:, :1] + mouth_weight * masks[:, 1:]
+
+
+def mouth_l1(x: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """L1 over the mouth's pixels (weighted by the mouth mask), per pixel and channel."""
+    w = masks[:, 1:]
+    return ((x - target).abs() * w).sum() / (w.sum() * x.shape[1]).clamp(min=1)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -341,6 +352,8 @@ def train(cfg: TrainVAEConfig) -> dict[str, float]:
         else:
             loss = reconstruction_loss(y.float(), target.float(), cfg.ssim_weight, weight) \
                 + 0.5 * reconstruction_loss(y.float(), x, cfg.ssim_weight, weight)
+            if cfg.mouth_truth_weight:
+                loss = loss + cfg.mouth_truth_weight * mouth_l1(y.float(), x, masks)
         # linear warm-up, then a cosine decay over the steps or the time budget, whichever ends first
         progress = max(step / cfg.steps, (time.perf_counter() - t0) / cfg.time_budget_s if cfg.time_budget_s else 0)
         for group in opt.param_groups:
