@@ -69,6 +69,13 @@
 # (which already reads the portrait's latent), on 600 clips; judged against the shipped one on the 19 held-out clips:
 #   CLIPS=600 TINY_LR=2e-4 TINY_WARMUP=50 TINY_NOISE=0.3 TINY_DIR=/tmp/tinyW TINY_ARGS="--preset demo-ref" \
 #     END_S=540 demo-retrain.sh tiny
+# The ninth session's self-forcing runs (2026-12-07; not shipped: docs/demo-model.md, "The mouth against the truth"),
+# two side by side without a teacher (no DMD), the rollouts' mouth regressed on the true latents at weight 1 and 4
+# (MB started once MA's log showed the latent cache, its delay taken off SF_S and END_S):
+#   SF_INIT=engine/assets/demo-dit.safetensors TEACHER=engine/assets/demo-dit.safetensors SF_DIR=/tmp/sfMA SF_S=460 \
+#     END_S=530 SF_ARGS="--dmd-weight 0 --data-weight 2 --backdrop-weight 1 --mouth-truth-weight 1 --rollout-frames 24" \
+#     demo-retrain.sh selfforce &        # and /tmp/sfMB with --mouth-truth-weight 4
+#   the same with SF_S=370 END_S=440 in the next call on the warm machine: MA 145 steps, MB 168
 # Each stage starts from the shipped weights of its model. Where the VAE preset has more latent channels than the
 # shipped VAE (2026-12-05: 16 -> 32), the trainers widen the shipped weights first (engine/train/widen.py): the
 # VAE, the teacher (from the shipped student) and the tiny decoder all start from what already works.
