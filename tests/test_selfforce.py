@@ -83,3 +83,22 @@ def test_a_longer_rollout_extends_the_shorter_one():
                        torch.Generator().manual_seed(5))
     assert short.shape[2] == 4 and long.shape[2] == 6
     assert torch.allclose(long[:, :, :4], short, atol=1e-6)
+
+
+def test_the_silence_term_counts_the_mouth_of_quiet_frames_alone():
+    from engine.train.selfforce import silence_loss
+
+    truth = torch.zeros(1, 4, 3, 4, 4)
+    masks = torch.zeros(1, 2, 3, 4, 4)
+    masks[:, 1, :, 1:3, 1:3] = 1  # the mouth
+    quiet = torch.tensor([[1.0, 0.0, 1.0]])
+    speaking_mouth = truth.clone()
+    speaking_mouth[:, :, 1] = 1.0  # the speaking frame differs everywhere
+    assert silence_loss(speaking_mouth, truth, masks, quiet) == 0
+    quiet_backdrop = truth.clone()
+    quiet_backdrop[:, :, 0, 0, 0] = 1.0  # a quiet frame differs off the mouth
+    assert silence_loss(quiet_backdrop, truth, masks, quiet) == 0
+    quiet_mouth = truth.clone()
+    quiet_mouth[:, :, 2, 1:3, 1:3] = 2.0  # a quiet frame's mouth is open
+    assert torch.isclose(silence_loss(quiet_mouth, truth, masks, quiet), torch.tensor(2.0))  # 4 ** 1 pixels of 8
+    assert silence_loss(quiet_mouth, truth, masks, torch.zeros(1, 3)) == 0  # no quiet frame: 0, not NaN

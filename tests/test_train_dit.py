@@ -6,6 +6,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,6 +81,10 @@ def test_three_stages_train_save_and_resume(setup):
     assert len(rows) == 1 and 0 < rows[0]["mouth_truth_loss"] == rows[0]["loss"] < 10
     after = load_dit(root / "mouth" / "final.safetensors").state_dict()
     assert any(not torch.equal(after[k], before[k]) for k in before)
+    silence = replace(mouth, out=str(root / "silence"), mouth_truth_weight=0.0, silence_weight=1.0)
+    train(silence)  # the rollouts' mouth regressed on the truth in quiet frames alone
+    rows = [r for r in _log(root / "silence") if "loss" in r]
+    assert len(rows) == 1 and 0 <= rows[0]["silence_loss"] == rows[0]["loss"] < 10
     with pytest.raises(ConfigError, match="at most"):
         train(replace(control, out=str(root / "too-long"), rollout_frames=64))  # longer than the clips
 
@@ -96,6 +101,32 @@ def test_latent_cache_is_written_once_and_read_by_later_stages(setup, tmp_path):
     encoded = latent_clips(replace(first, latents=""), "cpu")
     assert torch.allclose(cached.latents, encoded.latents, atol=1e-6) and torch.equal(cached.masks, encoded.masks)
     assert cached.latents.shape[0] == 3 and cached.audio.shape[:2] == cached.latents.shape[:1] + cached.latents.shape[2:3]
+    assert torch.equal(cached.quiet, encoded.quiet) and cached.quiet.shape == cached.latents.shape[:1] + cached.latents.shape[2:3]
+
+
+def test_quiet_labels_follow_the_speaking_frames():
+    from engine.train.dit import quiet_latents
+
+    speaking = np.zeros(1 + 4 * 10, bool)
+    speaking[17:21] = True  # latent frame 5 (video frames 17-20) speaks; the 0.2 s margin (5 video frames: 12-25)
+    quiet = quiet_latents(speaking, 4)  # reaches into latent frames 3 (9-12) and 7 (25-28)
+    assert quiet.shape == (11,) and quiet.tolist() == [True] * 3 + [False] * 5 + [True] * 3
+
+
+def test_a_cache_without_quiet_labels_is_refused_for_the_silence_term(setup, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, common = setup
+    cache = tmp_path / "latents.safetensors"
+    first = replace(TRAIN_PRESETS["demo-teacher"], out=str(tmp_path / "a"), latents=str(cache), **{**common, "steps": 1})
+    train(first)
+    old = {k: v for k, v in load_file(str(cache)).items() if k != "quiet"}  # as the caches written before the labels
+    save_file(old, str(cache))
+    silence = replace(TRAIN_PRESETS["demo-selfforce"], out=str(tmp_path / "s"), latents=str(cache),
+                      init=str(tmp_path / "a" / "final.safetensors"), teacher="", dmd_weight=0.0, silence_weight=1.0,
+                      **{**common, "steps": 1, "phases": (Phase("long", 1.0, 2, 4.0, 1.0),)})
+    with pytest.raises(ConfigError, match="delete it"):
+        train(silence)
 
 
 def test_audio_probe_is_zero_when_the_audio_branch_is_silent(setup):

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from engine.audio.features import AudioFeatureConfig, latent_audio_windows, log_mel
 from engine.data.synthtalk import ClipArrays, SynthTalk
-from engine.eval.metrics import lip_sync
+from engine.eval.metrics import lip_sync, quiet_frames
 from engine.eval.nets import IdentityEmbedder, MouthReader
 from engine.eval.readers import load_readers
 from engine.generate.avatar import Avatar, AvatarFiles, fit_square, load_avatar
@@ -48,13 +48,6 @@ from engine.models.dit import emotion_tokens
 class Readers:
     mouth: MouthReader
     identity: IdentityEmbedder
-
-
-def quiet_frames(speaking: np.ndarray, fps: int = 25, margin_s: float = 0.2) -> np.ndarray:
-    """Frames at least `margin_s` away from any speaking frame."""
-    m = int(round(margin_s * fps))
-    padded = np.convolve(speaking.astype(float), np.ones(2 * m + 1), mode="same") > 0
-    return ~padded
 
 
 def face_region(clip: ClipArrays, size: int, frames: int) -> torch.Tensor:

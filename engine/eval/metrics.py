@@ -45,6 +45,13 @@ def lip_sync(read: np.ndarray, truth: np.ndarray, fps: float = 25.0, max_lag_s: 
     return LipSync(pearson(read, truth), 1000.0 * best_lag / fps, best)
 
 
+def quiet_frames(speaking: np.ndarray, fps: int = 25, margin_s: float = 0.2) -> np.ndarray:
+    """Frames at least `margin_s` away from any speaking frame."""
+    m = int(round(margin_s * fps))
+    padded = np.convolve(speaking.astype(float), np.ones(2 * m + 1), mode="same") > 0
+    return ~padded
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Rows of a [N, D] against b [D] or [N, D]."""
     a = a / np.linalg.norm(a, axis=-1, keepdims=True).clip(1e-12)

@@ -47,6 +47,7 @@ from engine.diffusion.forcing import sample_forcing_sigmas
 from engine.diffusion.guidance import cfg as guidance
 from engine.diffusion.schedules import shift_sigmas
 from engine.errors import ConfigError
+from engine.eval.metrics import quiet_frames
 from engine.generate.streaming import STUDENT_WINDOW, sigma_list
 from engine.models.attention import SequenceLayout
 from engine.models.dit import DiT, dit_config, emotion_tokens
@@ -112,6 +113,9 @@ class TrainDiTConfig:
     mouth_truth_weight: float = 0.0  # selfforce: weight of a regression of the rollouts' mouth (the mouth mask's
     # latent pixels) on the clip's true latents: the opening follows the clip's own audio, in speech and in silence,
     # learnt under the generator's own history as it streams (the anchor learns it under true history only)
+    silence_weight: float = 0.0  # selfforce: weight of the same regression in quiet latent frames alone (every video
+    # frame 0.2 s or more from speech, SynthTalk's speaking labels): in silence the truth's resting mouth is the one
+    # right answer, so what DMD on the mouth adds in speech cannot open the mouth there
     data_weight: float = 0.0  # selfforce: weight of the diffusion-forcing loss on real clips beside DMD (an
     # anchor to the data: DMD alone follows the teacher, whose identity is weaker than the student's)
     dmd_weight: float = 1.0  # selfforce: weight of DMD; 0 runs the stage without it (no teacher or fake-score passes):
@@ -143,9 +147,9 @@ class TrainDiTConfig:
         if self.rollout_frames < 0 or self.rollout_frames % self.chunk:
             raise ConfigError(f"rollout_frames must be 0 (the last phase's frames) or a multiple of chunk={self.chunk}")
         if self.dmd_weight < 0 or self.dmd_weight == 0 and not (self.data_weight or self.backdrop_weight
-                                                                 or self.mouth_truth_weight):
-            raise ConfigError("dmd_weight must be >= 0, and with dmd_weight 0 give data_weight, backdrop_weight or "
-                              "mouth_truth_weight, or nothing trains the generator")
+                                                                 or self.mouth_truth_weight or self.silence_weight):
+            raise ConfigError("dmd_weight must be >= 0, and with dmd_weight 0 give data_weight, backdrop_weight, "
+                              "mouth_truth_weight or silence_weight, or nothing trains the generator")
 
 
 # The committed configs of the demo model, one per stage (data/out/paths are given on the command line).
@@ -164,18 +168,35 @@ TRAIN_PRESETS: dict[str, TrainDiTConfig] = {
 @dataclass
 class LatentClips:
     """A split encoded once: latents [N, C, L, h, w] (frame 0 is the reference), audio windows
-    [N, L, window, mels], latent-grid masks [N, 2, L, h, w] (face, mouth), expression [N]."""
+    [N, L, window, mels], latent-grid masks [N, 2, L, h, w] (face, mouth), expression [N], and quiet [N, L]: 1 where
+    every video frame of the latent frame is at least 0.2 s from speech (None in a cache written before it)."""
 
     latents: torch.Tensor
     audio: torch.Tensor
     masks: torch.Tensor
     expression: torch.Tensor
+    quiet: torch.Tensor | None = None
 
     def window(self, clips: torch.Tensor, start: torch.Tensor, frames: int):
         idx = start[:, None] + torch.arange(frames, device=start.device)  # [B, F]
         x0 = self.latents[clips[:, None], :, idx].permute(0, 2, 1, 3, 4)  # [B, C, F, h, w]
         masks = self.masks[clips[:, None], :, idx].permute(0, 2, 1, 3, 4)
         return x0, self.latents[clips, :, :1], self.audio[clips[:, None], idx], masks
+
+    def quiet_window(self, clips: torch.Tensor, start: torch.Tensor, frames: int) -> torch.Tensor:
+        """quiet [B, F] of the frames `window` returns."""
+        if self.quiet is None:
+            raise ConfigError("this latent cache predates the quiet labels (written before they were added): "
+                              "delete the cache file and the stage encodes the split again")
+        return self.quiet[clips[:, None], start[:, None] + torch.arange(frames, device=start.device)]
+
+
+def quiet_latents(speaking: np.ndarray, k: int) -> np.ndarray:
+    """Per latent frame of a clip's `speaking` [T] (frame 0 alone, then groups of k video frames): True where every
+    video frame is quiet as the held-out evaluation counts it (at least 0.2 s from speech)."""
+    quiet = quiet_frames(np.asarray(speaking) > 0.5)
+    t = 1 + (len(quiet) - 1) // k * k
+    return np.concatenate([quiet[:1], quiet[1:t].reshape(-1, k).all(1)])
 
 
 @torch.no_grad()
@@ -200,8 +221,9 @@ def encode_clips(data: SynthTalk, vae: CausalVAE, device: str, limit: int | None
     for i in range(n):
         mel = log_mel(bank.audio[i], audio_cfg)
         windows.append(latent_audio_windows(mel, latents_t.shape[2], audio_cfg))
+    quiet = np.stack([quiet_latents(s[:t], k)[:latents_t.shape[2]] for s in bank.truth["speaking"].cpu().numpy()])
     return LatentClips(latents_t, torch.stack(windows).to(device), torch.cat(masks),
-                       bank.truth["expression"][:, 0].long().to(device))
+                       bank.truth["expression"][:, 0].long().to(device), torch.from_numpy(quiet).float().to(device))
 
 
 def latent_clips(cfg: "TrainDiTConfig", device: str) -> LatentClips:
@@ -211,9 +233,10 @@ def latent_clips(cfg: "TrainDiTConfig", device: str) -> LatentClips:
 
     if cfg.latents and Path(cfg.latents).exists():
         t = load_file(cfg.latents, device=str(device))
-        clips = LatentClips(t["latents"], t["audio"], t["masks"], t["expression"])
+        clips = LatentClips(t["latents"], t["audio"], t["masks"], t["expression"], t.get("quiet"))
         if cfg.max_clips:
-            clips = LatentClips(*(v[:cfg.max_clips] for v in (clips.latents, clips.audio, clips.masks, clips.expression)))
+            clips = LatentClips(*(v[:cfg.max_clips] if v is not None else None for v in
+                                  (clips.latents, clips.audio, clips.masks, clips.expression, clips.quiet)))
         return clips
     vae = load_vae(cfg.vae).to(device)
     clips = encode_clips(SynthTalk(cfg.data.split(","), "train"), vae, device, cfg.max_clips or None,
@@ -222,7 +245,8 @@ def latent_clips(cfg: "TrainDiTConfig", device: str) -> LatentClips:
         Path(cfg.latents).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(cfg.latents + ".tmp")
         save_file({"latents": clips.latents.contiguous(), "audio": clips.audio.contiguous(),
-                   "masks": clips.masks.contiguous(), "expression": clips.expression.contiguous()}, str(tmp),
+                   "masks": clips.masks.contiguous(), "expression": clips.expression.contiguous(),
+                   "quiet": clips.quiet.contiguous()}, str(tmp),
                   metadata={"vae": cfg.vae, "data": cfg.data})
         tmp.replace(cfg.latents)
     return clips

@@ -23,7 +23,9 @@ taken on the whole rollout by distribution matching distillation (DMD, as CausVi
      the clip's true latents: it is still in a talking portrait, so there the truth is the one right answer.
   6. with `mouth_truth_weight` > 0, the rollout's mouth (the mouth mask's latent pixels) regresses on the clip's
      true latents: the opening the clip's audio made, in silence too, learnt under the generator's own history.
-  7. `dmd_weight` 0 drops DMD (and the teacher and fake score with it): the anchor and the backdrop regression
+  7. with `silence_weight` > 0, the same regression in the quiet latent frames alone (0.2 s or more from speech):
+     there the resting mouth is the one right answer, so DMD on the mouth cannot open it in silence.
+  8. `dmd_weight` 0 drops DMD (and the teacher and fake score with it): the anchor and the backdrop regression
      alone train the rollouts, the control of what DMD adds. `rollout_frames` sets a rollout's length (the last
      phase's frames by default), up to a whole evaluated stream.
 
@@ -110,6 +112,13 @@ def mouth_truth_loss(x0: torch.Tensor, truth: torch.Tensor, masks: torch.Tensor,
     return masked_mse(x0, truth, masks, replace(phase, face_weight=0.0, mouth_weight=1.0), background=0.0)
 
 
+def silence_loss(x0: torch.Tensor, truth: torch.Tensor, masks: torch.Tensor, quiet: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the mouth mask's latent pixels of the quiet frames (quiet [B, F]), against the true
+    latents; 0 where a window has no quiet frame."""
+    w = masks[:, 1:2].float() * quiet[:, None, :, None, None].float()
+    return (w * (x0.float() - truth.float()) ** 2).sum() / (w.sum() * x0.shape[1]).clamp(min=1)
+
+
 def backdrop_loss(x0: torch.Tensor, truth: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the latent pixels more than one pixel away from the face mask."""
     face = F.max_pool3d(masks[:, :1].float(), (1, 3, 3), 1, (0, 1, 1))
@@ -146,6 +155,9 @@ def train_selfforce(cfg: TrainDiTConfig) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     data = latent_clips(cfg, device)
+    if cfg.silence_weight and data.quiet is None:
+        raise ConfigError(f"silence_weight needs the quiet labels, which the latent cache {cfg.latents} predates: "
+                          "delete it and the stage encodes the split again")
     grid = tuple(data.latents.shape[-2:])
     generator = load_dit(cfg.init).to(device).train()
     fake = load_dit(cfg.teacher).to(device).train() if cfg.dmd_weight else None
@@ -192,6 +204,9 @@ def train_selfforce(cfg: TrainDiTConfig) -> dict[str, float]:
         if cfg.mouth_truth_weight:
             loss_m = mouth_truth_loss(x0, truth, masks, phase)
             loss_g = loss_g + cfg.mouth_truth_weight * loss_m
+        if cfg.silence_weight:
+            loss_s = silence_loss(x0, truth, masks, data.quiet_window(clips, starts, frames))
+            loss_g = loss_g + cfg.silence_weight * loss_s
         opt_g.zero_grad(set_to_none=True)
         if loss_g.requires_grad:  # with dmd_weight 0 and no regression term, the anchor alone trains the generator
             loss_g.backward()
@@ -232,6 +247,8 @@ def train_selfforce(cfg: TrainDiTConfig) -> dict[str, float]:
                 record["backdrop_loss"] = round(loss_b.item(), 5)
             if cfg.mouth_truth_weight:
                 record["mouth_truth_loss"] = round(loss_m.item(), 5)
+            if cfg.silence_weight:
+                record["silence_loss"] = round(loss_s.item(), 5)
             log.write(json.dumps(record) + "\n")
             log.flush()
         if step % cfg.save_every == 0:
