@@ -10,6 +10,9 @@ time; `Espeak` objects are cheap handles on it. Part of that state cannot be res
 flutter (wavegen.c's static `Flutter_ix`) carries over from one synthesis to the next, and phoneme lengths
 are rounded to glottal cycles, so the same text spoken twice in one process may differ by a cycle (~5–10 ms)
 here and there. Events always match the audio they come with; a run is reproducible in a fresh process.
+`Espeak.fresh()` gives that fresh state without a process: a private copy of the library file, loaded beside the
+shared one with its own statics, so what it speaks depends on nothing spoken before it (SynthTalk takes one per
+clip, so a clip is the same whatever the worker count or the order of the clips).
 
 Also here: the SynthTalk voice set with its held-out split (`voice_configs`), and `speak_clip`, which strings
 sentences of one voice with pauses into a clip with its mouth curves.
@@ -64,6 +67,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     """Argument and result types of the functions used, so that ctypes converts and checks them."""
     lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
     lib.espeak_Initialize.restype = ctypes.c_int
+    lib.espeak_Terminate.argtypes = []
+    lib.espeak_Terminate.restype = ctypes.c_int
     lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
     lib.espeak_SetSynthCallback.restype = None
     lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
@@ -195,6 +200,22 @@ def find_library() -> tuple[str, str | None]:
     return espeakng_loader.get_library_path(), os.path.dirname(espeakng_loader.get_data_path())
 
 
+def loaded_file(name: str) -> str:
+    """The file behind a loaded library's `name` (a soname such as libespeak-ng.so.1, or a path), from this
+    process's memory map."""
+    if os.path.isabs(name):
+        return name
+    ctypes.CDLL(name)  # loaded, so it appears in the map
+    stem = name.split(".so")[0]
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1]
+            if os.path.basename(path).startswith(stem + ".so") and os.path.isfile(path):
+                return path
+    raise DataError(f"cannot find the file of the loaded library {name} in /proc/self/maps: name its file "
+                    f"(Espeak(path=...)) to take a fresh copy of it")
+
+
 class _Library:
     """One initialised espeak-ng library: its global state, the callback, and the buffers it fills."""
 
@@ -248,6 +269,45 @@ class Espeak:
             if path not in _LIBRARIES:
                 _LIBRARIES[path] = _Library(path, data)
             self._library = _LIBRARIES[path]
+        self._copy: str | None = None  # the private file of a fresh handle
+
+    @classmethod
+    def fresh(cls, path: str | None = None, data: str | None = None) -> "Espeak":
+        """A handle on a private copy of the library, in the state a new process starts in; `close()` (or a
+        `with` block) unloads it and deletes the copy."""
+        import tempfile
+
+        if path is None:
+            path, data = find_library()
+        fd, copy = tempfile.mkstemp(prefix="espeak-ng-", suffix=".so")
+        with os.fdopen(fd, "wb") as out, open(loaded_file(path), "rb") as src:
+            out.write(src.read())
+        self = cls.__new__(cls)
+        try:
+            self._library = _Library(copy, data)
+        except BaseException:
+            os.unlink(copy)
+            raise
+        self._copy = copy
+        return self
+
+    def close(self) -> None:
+        """Unload a fresh handle's private library (a shared one stays loaded for the process)."""
+        if self._copy is None:
+            return
+        import _ctypes
+
+        lib = self._library.lib
+        lib.espeak_Terminate()
+        _ctypes.dlclose(lib._handle)
+        os.unlink(self._copy)
+        self._copy = None
+
+    def __enter__(self) -> "Espeak":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def sample_rate(self) -> int:

@@ -207,7 +207,8 @@ def _make_and_write(job: tuple[int, int, float, int, float, str, str, tuple[str,
     rng = np.random.default_rng([seed, i])
     split = "eval" if rng.random() < eval_fraction else "train"
     source = pick_source(rng, sources)
-    clip = make_clip(Espeak(), rng, seconds, size, split, source=source)
+    with Espeak.fresh() as engine:  # espeak-ng as a new process has it: the clip owes nothing to the clips before it
+        clip = make_clip(engine, rng, seconds, size, split, source=source)
     (write_clip if fmt == "mp4" else write_clip_raw)(clip, Path(stem))
     return {"id": i, "split": split, "source": source, "voice": clip.voice, "text": clip.text,
             "caption": clip.caption, "identity_id": clip.identity_id, "frames": len(clip.state), "size": size,
@@ -219,8 +220,8 @@ def synthesize_dataset(out: str | Path, clips: int, seconds: float, size: int, s
                        workers: int = 1, sources: tuple[str, ...] = ("espeak",)) -> int:
     """Write `clips` clips (a share `eval_fraction` of them in the eval split) into shards under `out`, with
     `workers` processes. Resumable: clips already listed in a shard's index are kept. The same seed gives
-    the same texts, voices, identities and motion whatever the number of workers (espeak-ng's pitch flutter
-    carries over between syntheses in one process, so audio may differ by a glottal cycle here and there).
+    the same clips whatever the number of workers: each clip speaks through a fresh copy of espeak-ng
+    (`Espeak.fresh`), whose pitch flutter would otherwise carry over from the clips a worker made before.
     Returns the number of clips written now."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; choose one of {list(FORMATS)}")
