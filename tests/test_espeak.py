@@ -20,17 +20,18 @@ def engine():
 
 def test_a_fresh_handle_speaks_as_a_new_process_does(engine):
     """The shared library's pitch flutter carries over from what it spoke before; a fresh copy's does not."""
-    text, voice = "The quick brown fox jumps over the lazy dog.", VoiceConfig("en-us", "m1")
-    with Espeak.fresh() as first:
-        a = first.synthesize(text, voice)
-        copy = first._copy
-    for other in ("Something else, first?", "And another thing."):
-        engine.synthesize(other, VoiceConfig("en", "f2"))  # the shared library moves on
-    with Espeak.fresh() as second:
-        second.synthesize("Something else, first?", VoiceConfig("en", "f2"))
-    with Espeak.fresh() as third:
-        b = third.synthesize(text, voice)
-    assert np.array_equal(a.audio, b.audio) and a.phonemes == b.phonemes
+    text = "The quick brown fox jumps over the lazy dog."
+    for voice in (VoiceConfig("en-us", "m1"), VoiceConfig("en-us", "f3", rate=110)):  # flutter; breath noise (rand)
+        with Espeak.fresh() as first:
+            a = first.synthesize(text, voice)
+            copy = first._copy
+        for other in ("Something else, first?", "And another thing."):
+            engine.synthesize(other, VoiceConfig("en", "f2"))  # the shared library moves on
+        with Espeak.fresh() as second:
+            second.synthesize("Something else, first?", VoiceConfig("en", "f3"))
+        with Espeak.fresh() as third:
+            b = third.synthesize(text, voice)
+        assert np.array_equal(a.audio, b.audio) and a.phonemes == b.phonemes, voice.name
     assert copy is not None and not __import__("os").path.exists(copy)  # closed: the private copy is gone
     assert engine.synthesize("Still here.", voice).seconds > 0.3  # the shared library is untouched
 

@@ -43,9 +43,12 @@ def test_clips_do_not_depend_on_the_worker_count(tmp_path):
     """Each clip speaks through a fresh espeak-ng, so one worker and two make the same audio and mouth curves."""
     from engine.data.synth import synthesize_dataset
 
-    for workers in (1, 2):
-        synthesize_dataset(tmp_path / f"w{workers}", 3, 2.0, 32, seed=9, fmt="raw", workers=workers)
-    for i in range(3):
+    for workers in (1, 2):  # recorded speech too: its alignment speaks the prompt in breathy voices (rand)
+        synthesize_dataset(tmp_path / f"w{workers}", 4, 4.0, 32, seed=11, fmt="raw", workers=workers,
+                           sources=("espeak", "real"))
+    rows = [json.loads(line) for line in (tmp_path / "w1" / "shard-00000" / "index.jsonl").read_text().splitlines()]
+    assert sorted(r["source"] for r in rows) == ["espeak", "espeak", "real", "real"]
+    for i in range(4):
         one, two = (np.load(tmp_path / f"w{w}" / "shard-00000" / f"clip-{i:06d}.npz") for w in (1, 2))
         assert np.array_equal(one["audio"], two["audio"]) and np.array_equal(one["mouth_open"], two["mouth_open"])
 

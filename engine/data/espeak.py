@@ -10,9 +10,10 @@ time; `Espeak` objects are cheap handles on it. Part of that state cannot be res
 flutter (wavegen.c's static `Flutter_ix`) carries over from one synthesis to the next, and phoneme lengths
 are rounded to glottal cycles, so the same text spoken twice in one process may differ by a cycle (~5–10 ms)
 here and there. Events always match the audio they come with; a run is reproducible in a fresh process.
-`Espeak.fresh()` gives that fresh state without a process: a private copy of the library file, loaded beside the
-shared one with its own statics, so what it speaks depends on nothing spoken before it (SynthTalk takes one per
-clip, so a clip is the same whatever the worker count or the order of the clips).
+Some voices (the breathy variants such as f3) also draw noise from the C library's `rand()`, which the whole
+process shares. `Espeak.fresh()` gives that fresh state without a process: a private copy of the library file,
+loaded beside the shared one with its own statics, and `rand()` seeded, so what it speaks depends on nothing spoken
+before it (SynthTalk takes one per clip, so a clip is the same whatever the worker count or the order of the clips).
 
 Also here: the SynthTalk voice set with its held-out split (`voice_configs`), and `speak_clip`, which strings
 sentences of one voice with pauses into a clip with its mouth curves.
@@ -272,9 +273,10 @@ class Espeak:
         self._copy: str | None = None  # the private file of a fresh handle
 
     @classmethod
-    def fresh(cls, path: str | None = None, data: str | None = None) -> "Espeak":
-        """A handle on a private copy of the library, in the state a new process starts in; `close()` (or a
-        `with` block) unloads it and deletes the copy."""
+    def fresh(cls, path: str | None = None, data: str | None = None, seed: int = 0) -> "Espeak":
+        """A handle on a private copy of the library, in the state a new process starts in, with the process's
+        `rand()` seeded by `seed`; `close()` (or a `with` block) unloads it and deletes the copy. What it speaks
+        is reproducible while nothing else in the process draws from `rand()` between its syntheses."""
         import tempfile
 
         if path is None:
@@ -289,6 +291,7 @@ class Espeak:
             os.unlink(copy)
             raise
         self._copy = copy
+        ctypes.CDLL(None).srand(seed)
         return self
 
     def close(self) -> None:

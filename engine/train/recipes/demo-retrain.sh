@@ -76,6 +76,14 @@
 #     END_S=530 SF_ARGS="--dmd-weight 0 --data-weight 2 --backdrop-weight 1 --mouth-truth-weight 1 --rollout-frames 24" \
 #     demo-retrain.sh selfforce &        # and /tmp/sfMB with --mouth-truth-weight 4
 #   the same with SF_S=370 END_S=440 in the next call on the warm machine: MA 145 steps, MB 168
+# The tenth session's plan (2026-12-08; no machine was lent, nothing ran): call 1, the teacher beside the tiny decoder
+# with the mouth L1 on the true frames (600 clips); call 2 on the warm machine, HS: H's options with the rollouts'
+# mouth held to the truth in quiet frames (--silence-weight; the latent cache keeps SynthTalk's quiet labels):
+#   TINY_DIR=/tmp/tinyW TINY_LR=2e-4 TINY_WARMUP=50 TINY_NOISE=0.3 TINY_S=260 END_S=540 \
+#     TINY_ARGS="--preset demo-ref --mouth-truth-weight 1 --max-clips 600" demo-retrain.sh teacher
+#   TEACHER=/tmp/teacher/final.safetensors SF_INIT=engine/assets/demo-dit.safetensors SF_DIR=/tmp/sfHS SF_S=450 \
+#     END_S=560 SF_ARGS="--data-weight 2 --dmd-region mouth --backdrop-weight 1 --rollout-frames 24 --silence-weight 4" \
+#     demo-retrain.sh selfforce           # again with SF_S=450 in a third call: H needed ~170 steps to show its gain
 # Each stage starts from the shipped weights of its model. Where the VAE preset has more latent channels than the
 # shipped VAE (2026-12-05: 16 -> 32), the trainers widen the shipped weights first (engine/train/widen.py): the
 # VAE, the teacher (from the shipped student) and the tiny decoder all start from what already works.
