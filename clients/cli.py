@@ -314,7 +314,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clips-per-shard", type=int, default=100)
     p.add_argument("--format", default="mp4", choices=["mp4", "raw"],
                    help="mp4: compact (h264 + wav + npz); raw: uint8 arrays, for the machine that trains")
-    p.add_argument("--workers", type=int, default=1, help="processes rendering in parallel")
+    p.add_argument("--workers", type=int, default=1, help="processes rendering in parallel (the clips are the same whatever the count)")
     p.add_argument("--sources", default="espeak,flite,real",
                    help="speech sources, comma-separated: espeak (espeak-ng), flite, real (the asterisk "
                         "prompts, aligned); shares 75/10/15%% among those named")
