@@ -50,10 +50,14 @@ def test_events_are_ordered_and_inside_the_audio(engine):
 
 
 def test_16k_audio_keeps_the_event_times(engine):
+    """PyAV's resampler is aligned: the 16 kHz audio lines up with the library's own within 2 ms (the lag of best
+    correlation against a plain interpolation; the loudest sample alone may jump between near-equal peaks)."""
     u = engine.synthesize("Sad, sorry sister.", VoiceConfig("en-us", "m1"))
-    def peak(audio: np.ndarray, rate: int) -> float:
-        return float(np.argmax(np.abs(audio)) / rate)
-    assert abs(peak(u.audio, u.sample_rate) - peak(u.audio_16k, 16000)) < 0.002  # PyAV's resampler is aligned
+    t = np.arange(len(u.audio_16k)) / 16000
+    plain = np.interp(t, np.arange(len(u.audio)) / u.sample_rate, u.audio)
+    lags = np.arange(-80, 81)
+    score = [float(np.dot(np.roll(plain, k), u.audio_16k)) for k in lags]
+    assert abs(lags[int(np.argmax(score))]) / 16000 < 0.002
 
 
 def test_voice_set_is_varied_and_held_out_by_voice(engine):
